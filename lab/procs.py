@@ -1,0 +1,81 @@
+"""Running host commands: argv lists only, output streamed or captured, clear failures."""
+
+from __future__ import annotations
+
+import collections
+import os
+import shutil
+import subprocess
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+from lab.errors import LabError
+
+
+def require_tools(tools: Mapping[str, str]) -> None:
+    """Fail with the Debian packages to install when any tool (name -> package) is missing."""
+    missing = {tool: pkg for tool, pkg in tools.items() if shutil.which(tool) is None
+               and not Path("/usr/sbin", tool).exists() and not Path("/sbin", tool).exists()}
+    if missing:
+        names = ", ".join(f"{tool} (package {pkg})" for tool, pkg in missing.items())
+        packages = " ".join(sorted(set(missing.values())))
+        raise LabError(
+            f"Missing host tools: {names}. Install them with `apt-get install {packages}` "
+            "(or run the README's setup command, which installs everything the lab needs)."
+        )
+
+
+def tool_path(tool: str) -> str:
+    found = shutil.which(tool)
+    if found:
+        return found
+    for directory in ("/usr/sbin", "/sbin"):
+        candidate = Path(directory, tool)
+        if candidate.exists():
+            return str(candidate)
+    return tool
+
+
+def run_streamed(
+    argv: Sequence[str],
+    *,
+    what: str,
+    on_line: Callable[[str], None],
+    env: Mapping[str, str] | None = None,
+    keep_lines: int = 40,
+) -> list[str]:
+    """Run argv, passing each output line (stdout and stderr merged) to on_line.
+
+    Returns the last ``keep_lines`` lines; raises LabError with them when the command fails.
+    """
+    full_env = dict(os.environ)
+    if env:
+        full_env.update(env)
+    tail: collections.deque[str] = collections.deque(maxlen=keep_lines)
+    with subprocess.Popen(
+        list(argv), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=full_env,
+        stdin=subprocess.DEVNULL, text=True, errors="replace",
+    ) as proc:
+        assert proc.stdout is not None
+        for raw in proc.stdout:
+            line = raw.rstrip("\n")
+            tail.append(line)
+            on_line(line)
+        code = proc.wait()
+    if code != 0:
+        shown = "\n".join(f"    {line}" for line in tail)
+        raise LabError(f"{what} failed (exit {code}). Last output:\n{shown}")
+    return list(tail)
+
+
+def run_checked(argv: Sequence[str], *, what: str, env: Mapping[str, str] | None = None) -> str:
+    """Run argv quietly and return stdout; LabError with stderr on failure."""
+    full_env = dict(os.environ)
+    if env:
+        full_env.update(env)
+    proc = subprocess.run(list(argv), capture_output=True, text=True, errors="replace",
+                          env=full_env, stdin=subprocess.DEVNULL, check=False)
+    if proc.returncode != 0:
+        detail = (proc.stderr or proc.stdout).strip()[-2000:]
+        raise LabError(f"{what} failed (exit {proc.returncode}): {detail}")
+    return proc.stdout

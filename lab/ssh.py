@@ -1,0 +1,265 @@
+"""SSH to a lab over paramiko, with the guest's host key pinned.
+
+Security: the only accepted host key is the one generated on the host at image build time
+(RejectPolicy for anything else), the client authenticates with the lab's own key, and no
+agent or password is ever tried.
+"""
+
+from __future__ import annotations
+
+import select
+import shlex
+import socket
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import paramiko
+
+from lab.errors import LabError
+
+MAX_OUTPUT = 4 * 1024 * 1024  # bytes kept per stream; the rest is counted and dropped
+
+
+@dataclass(frozen=True)
+class SshTarget:
+    host: str
+    port: int
+    user: str
+    key_file: Path
+    host_key_type: str
+    host_key: str  # base64
+
+    @property
+    def known_hosts_name(self) -> str:
+        return self.host if self.port == 22 else f"[{self.host}]:{self.port}"
+
+    def known_hosts_line(self) -> str:
+        return f"{self.known_hosts_name} {self.host_key_type} {self.host_key}\n"
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    command: str
+    exit_status: int  # -1 when it timed out or the connection was lost
+    stdout: bytes
+    stderr: bytes
+    duration_s: float
+    timed_out: bool = False
+    stdout_dropped: int = 0  # bytes past MAX_OUTPUT that were not kept
+    stderr_dropped: int = 0
+
+    @property
+    def out(self) -> str:
+        return self.stdout.decode("utf-8", "replace")
+
+    @property
+    def err(self) -> str:
+        return self.stderr.decode("utf-8", "replace")
+
+
+def to_command(argv_or_shell: Sequence[str] | str) -> str:
+    """SSH runs a command line through the remote shell: argv lists are quoted exactly."""
+    if isinstance(argv_or_shell, str):
+        return argv_or_shell
+    return shlex.join(argv_or_shell)
+
+
+class _Collector:
+    def __init__(self, limit: int, on_data: Callable[[bytes], None] | None) -> None:
+        self.chunks: list[bytes] = []
+        self.kept = 0
+        self.dropped = 0
+        self.limit = limit
+        self.on_data = on_data
+
+    def add(self, data: bytes) -> None:
+        if self.on_data:
+            self.on_data(data)
+        room = self.limit - self.kept
+        if room > 0:
+            self.chunks.append(data[:room])
+            self.kept += min(room, len(data))
+        self.dropped += max(0, len(data) - max(room, 0))
+
+    def value(self) -> bytes:
+        return b"".join(self.chunks)
+
+
+class Session:
+    """One SSH connection to a lab; use as a context manager."""
+
+    def __init__(self, target: SshTarget, *, connect_timeout: float = 10.0) -> None:
+        self.target = target
+        self.connect_timeout = connect_timeout
+        self._client: paramiko.SSHClient | None = None
+
+    def __enter__(self) -> Session:
+        self.connect()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def connect(self, *, attempts: int = 3, backoff_s: float = 1.0) -> None:
+        """Connect with bounded retries; a host key mismatch is never retried."""
+        last: Exception | None = None
+        for attempt in range(attempts):
+            try:
+                self._client = self._connect_once()
+                return
+            except paramiko.BadHostKeyException as exc:
+                raise LabError(
+                    f"The lab at {self.target.host}:{self.target.port} presented a host key "
+                    f"({exc.key.get_name()} {exc.key.get_base64()[:24]}...) that is not the "
+                    f"one pinned for it ({self.target.host_key_type} "
+                    f"{self.target.host_key[:24]}...). Refusing to connect: something else "
+                    "may be listening on that port, or the image was rebuilt under a running "
+                    "lab. Run `invoke lab.destroy` and `invoke lab.up`."
+                ) from None
+            except paramiko.AuthenticationException as exc:
+                raise LabError(
+                    f"The lab at {self.target.host}:{self.target.port} refused the lab's key "
+                    f"{self.target.key_file} ({exc}). Rebuild the image "
+                    "(`invoke image.build --force`) and recreate the lab."
+                ) from None
+            except (OSError, paramiko.SSHException, EOFError) as exc:
+                last = exc
+                if attempt + 1 < attempts:
+                    time.sleep(backoff_s * (2**attempt))
+        raise LabError(
+            f"Could not connect by SSH to {self.target.user}@{self.target.host}:"
+            f"{self.target.port} after {attempts} attempts ({last}). Check `invoke lab.status` "
+            "and `invoke lab.logs`."
+        )
+
+    def _connect_once(self) -> paramiko.SSHClient:
+        client = paramiko.SSHClient()
+        client.set_missing_host_key_policy(paramiko.RejectPolicy())
+        host_key = paramiko.PKey.from_type_string(self.target.host_key_type,
+                                                  _b64(self.target.host_key))
+        client.get_host_keys().add(self.target.known_hosts_name, self.target.host_key_type,
+                                   host_key)
+        try:
+            pkey = paramiko.Ed25519Key.from_private_key_file(str(self.target.key_file))
+        except (OSError, paramiko.SSHException) as exc:
+            raise LabError(f"Cannot read the lab's SSH key {self.target.key_file}: {exc}.") \
+                from None
+        try:
+            client.connect(
+                self.target.host, port=self.target.port, username=self.target.user, pkey=pkey,
+                timeout=self.connect_timeout, banner_timeout=self.connect_timeout,
+                auth_timeout=self.connect_timeout, allow_agent=False, look_for_keys=False,
+            )
+        except BaseException:
+            client.close()
+            raise
+        transport = client.get_transport()
+        assert transport is not None
+        transport.set_keepalive(15)
+        return client
+
+    @property
+    def client(self) -> paramiko.SSHClient:
+        if self._client is None:
+            raise LabError("SSH session used before connect().")
+        return self._client
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def open_channel(self, command: str) -> paramiko.Channel:
+        transport = self.client.get_transport()
+        if transport is None or not transport.is_active():
+            raise LabError(f"The SSH connection to {self.target.host}:{self.target.port} "
+                           "is gone (did the VM stop?).")
+        channel = transport.open_session(timeout=self.connect_timeout)
+        channel.exec_command(command)
+        return channel
+
+    def run(
+        self,
+        command: Sequence[str] | str,
+        *,
+        timeout: float = 60.0,
+        stdin: bytes | None = None,
+        on_stdout: Callable[[bytes], None] | None = None,
+        on_stderr: Callable[[bytes], None] | None = None,
+        max_output: int = MAX_OUTPUT,
+    ) -> CommandResult:
+        """Run a command with an overall deadline (paramiko's own timeout is per read).
+
+        The remote side is wrapped in coreutils' `timeout`, so a command that outlives its
+        deadline is killed in the guest, not merely abandoned.
+        """
+        text = to_command(command)
+        wrapped = f"timeout -k 2 {max(1, int(timeout))} sh -c {shlex.quote(text)}"
+        started = time.monotonic()
+        deadline = started + timeout + 5.0
+        out = _Collector(max_output, on_stdout)
+        err = _Collector(max_output, on_stderr)
+        try:
+            channel = self.open_channel(wrapped)
+            if stdin is not None:
+                channel.sendall(stdin)
+            channel.shutdown_write()
+            timed_out = _pump(channel, out, err, deadline)
+            status = -1 if timed_out else channel.recv_exit_status()
+            channel.close()
+        except (OSError, paramiko.SSHException, EOFError) as exc:
+            raise LabError(f"The SSH connection to the lab failed while running "
+                           f"`{text[:200]}`: {exc}. The VM may have stopped: see "
+                           "`invoke lab.status` and `invoke lab.logs`.", code=2) from None
+        if status == 124:  # coreutils timeout's own status
+            timed_out = True
+        return CommandResult(text, status, out.value(), err.value(),
+                             time.monotonic() - started, timed_out, out.dropped, err.dropped)
+
+    def put(self, local: Path, remote: str) -> None:
+        with self.client.open_sftp() as sftp:
+            sftp.put(str(local), remote)
+
+    def get(self, remote: str, local: Path) -> None:
+        with self.client.open_sftp() as sftp:
+            sftp.get(remote, str(local))
+
+
+def _pump(channel: paramiko.Channel, out: _Collector, err: _Collector, deadline: float) -> bool:
+    """Read both streams until the command ends; True when the deadline passed first."""
+    while True:
+        drained = False
+        while channel.recv_ready():
+            out.add(channel.recv(65536))
+            drained = True
+        while channel.recv_stderr_ready():
+            err.add(channel.recv_stderr(65536))
+            drained = True
+        if channel.exit_status_ready() and not channel.recv_ready() \
+                and not channel.recv_stderr_ready():
+            if channel.eof_received or channel.closed:
+                return False
+        if time.monotonic() > deadline:
+            return True
+        if not drained:
+            select.select([channel], [], [], 0.05)
+
+
+def _b64(blob: str) -> bytes:
+    import base64
+
+    return base64.b64decode(blob)
+
+
+def wait_for_port(host: str, port: int, timeout: float) -> bool:
+    """True once something accepts TCP connections on host:port."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, port), timeout=1.0):
+                return True
+        except OSError:
+            time.sleep(0.1)
+    return False
