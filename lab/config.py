@@ -82,8 +82,11 @@ def _coerce(key: str, value: object, current: object) -> object:
 
 
 def from_environment(environ: Mapping[str, str]) -> dict[str, object]:
+    """FENTRY_LAB_<FIELD> variables; other FENTRY_LAB_* names are left alone."""
     prefix = "FENTRY_LAB_"
-    return {k[len(prefix):].lower(): v for k, v in environ.items() if k.startswith(prefix)}
+    known = {f.name for f in dataclasses.fields(Settings)}
+    found = {k[len(prefix):].lower(): v for k, v in environ.items() if k.startswith(prefix)}
+    return {k: v for k, v in found.items() if k in known}
 
 
 def load_settings(

@@ -26,6 +26,8 @@ from typing import Any, Final, NoReturn, cast
 
 import yaml
 
+from lab.errors import LabError
+
 SCHEMA_PATH: Final = Path(__file__).parent.parent / "scenarios" / "schema.json"
 
 DEFAULT_USER: Final = "root"
@@ -44,15 +46,15 @@ Scalar = str | int | bool
 # --------------------------------------------------------------------------- errors
 
 
-class ScenarioError(Exception):
+class ScenarioError(LabError):
     """A scenario that cannot be used; ``str()`` gives ``file:line: path: message``.
 
     ``line`` is 1-based, or 0 when no line applies (then it is left out of the
-    text, as are an empty ``file`` or ``path``).
+    text, as are an empty ``file`` or ``path``).  ``message`` is the bare message.
     """
 
     def __init__(self, file: str, line: int, path: str, message: str) -> None:
-        super().__init__(file, line, path, message)
+        super().__init__(message)
         self.file = file
         self.line = line
         self.path = path
@@ -63,6 +65,9 @@ class ScenarioError(Exception):
         if self.line > 0:
             where = f"{where}:{self.line}" if where else f"line {self.line}"
         return ": ".join(part for part in (where, self.path, self.message) if part)
+
+    def __reduce__(self) -> tuple[type[ScenarioError], tuple[str, int, str, str]]:
+        return (type(self), (self.file, self.line, self.path, self.message))
 
 
 class SchemaError(Exception):
@@ -142,7 +147,10 @@ def _yaml_error(filename: str, text: str, exc: yaml.YAMLError) -> ScenarioError:
             context = exc.context
             if exc.context_mark is not None and exc.context_mark.line + 1 != line:
                 context += f" at line {exc.context_mark.line + 1}"
-            message += f" ({context})"
+            if exc.problem.startswith("but "):
+                message = f"invalid YAML: {context}, {exc.problem}"
+            else:
+                message += f" ({context})"
     elif isinstance(exc, yaml.reader.ReaderError):
         line = text.count("\n", 0, int(exc.position)) + 1
         message = f"invalid YAML: {str(exc).splitlines()[0]}"
@@ -304,8 +312,10 @@ def _check_schema(node: Any, root: Mapping[str, Any], where: str) -> None:
         inner = f"{where}/{keyword}"
         if keyword == "type":
             names = [value] if isinstance(value, str) else value
-            if not isinstance(names, list) or not names or any(
-                name not in _TYPE_NOUNS for name in names
+            if (
+                not isinstance(names, list)
+                or not names
+                or any(name not in _TYPE_NOUNS for name in names)
             ):
                 bad(f"bad type {value!r}")
         elif keyword in ("properties", "patternProperties", "$defs"):
@@ -498,6 +508,8 @@ class _Validator:
 def validate(doc: YamlDocument) -> None:
     """Check a parsed document against ``schema.json``; raise the first error."""
     schema = load_schema()
+    if doc.data is None and not doc.key_lines and schema.get("type") == "object":
+        raise doc.error((), "expected a mapping, got an empty document")
     _Validator(schema, doc).check(doc.data, schema, ())
 
 

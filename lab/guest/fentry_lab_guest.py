@@ -1,0 +1,267 @@
+#!/usr/bin/env python3
+"""The lab's helper inside the guest (stdlib only; uploaded with the probes).
+
+Each subcommand prints one JSON document on stdout, so the host needs one SSH round trip
+per phase of a scenario run:
+
+  prepare   preflight checks, kernel facts, probe build, static disassembly, bpftrace -lv,
+            trace buffer cleared, live bytes "before"
+  peek      live bytes of functions (while attached, after detaching)
+  finish    live bytes "after" and the bpf_printk lines from the trace buffer
+
+Input comes as JSON on stdin.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import struct
+import subprocess
+import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from buildid import build_id_from_elf, build_id_from_notes  # noqa: E402
+
+TRACING = Path("/sys/kernel/tracing")
+CONFIG_FLAGS = ("CONFIG_DEBUG_INFO_BTF", "CONFIG_FUNCTION_TRACER", "CONFIG_DYNAMIC_FTRACE",
+                "CONFIG_DYNAMIC_FTRACE_WITH_DIRECT_CALLS", "CONFIG_BPF_JIT", "CONFIG_BPF_SYSCALL",
+                "CONFIG_X86_KERNEL_IBT", "CONFIG_CALL_PADDING", "CONFIG_FPROBE",
+                "CONFIG_MITIGATION_RETHUNK", "CONFIG_RETHUNK")
+PEEK_BYTES = 16
+
+
+def kernel_version(release: str) -> list[int]:
+    return [int(x) for x in re.findall(r"\d+", release.split("-")[0])[:3]]
+
+
+def kernel_facts() -> dict[str, object]:
+    release = os.uname().release
+    config: dict[str, str] = {}
+    try:
+        for line in Path(f"/boot/config-{release}").read_text().splitlines():
+            key, _, value = line.partition("=")
+            if key in CONFIG_FLAGS:
+                config[key] = value
+    except OSError:
+        pass
+    debug_vmlinux = Path(f"/usr/lib/debug/boot/vmlinux-{release}")
+    running_id = build_id_from_notes(Path("/sys/kernel/notes").read_bytes())
+    debug_id = build_id_from_elf(debug_vmlinux) if debug_vmlinux.exists() else None
+    return {
+        "uname": " ".join(os.uname()),
+        "release": release,
+        "version": kernel_version(release),
+        "btf": Path("/sys/kernel/btf/vmlinux").exists(),
+        "config": {k: config.get(k, "n") for k in CONFIG_FLAGS},
+        "build_id_running": running_id,
+        "build_id_debug_vmlinux": debug_id,
+        "debug_vmlinux": str(debug_vmlinux) if debug_vmlinux.exists() else None,
+        "tools": {name: tool_version(argv) for name, argv in
+                  {"bpftrace": ["bpftrace", "--version"], "bpftool": ["bpftool", "version"],
+                   "clang": ["clang", "--version"]}.items()},
+    }
+
+
+def tool_version(argv: list[str]) -> str:
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, check=False).stdout
+    except OSError:
+        return "missing"
+    return out.splitlines()[0].strip() if out else "unknown"
+
+
+def traceable(functions: list[str]) -> dict[str, bool]:
+    wanted = set(functions)
+    found: set[str] = set()
+    with (TRACING / "available_filter_functions").open() as f:
+        for line in f:
+            name = line.split(" ", 1)[0].strip()
+            if name in wanted:
+                found.add(name)
+    return {fn: fn in found for fn in functions}
+
+
+def kallsyms_lookup(names: list[str]) -> dict[str, int]:
+    wanted = set(names)
+    found: dict[str, int] = {}
+    with open("/proc/kallsyms") as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) >= 3 and parts[2] in wanted and parts[1] in "tTwW" \
+                    and parts[2] not in found:
+                found[parts[2]] = int(parts[0], 16)
+    return found
+
+
+def symbolize(addresses: list[int]) -> dict[int, str]:
+    """Nearest kallsyms symbol at or below each address, as name+0xoff."""
+    best: dict[int, tuple[int, str]] = {}
+    with open("/proc/kallsyms") as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) < 3:
+                continue
+            addr = int(parts[0], 16)
+            for target in addresses:
+                if addr <= target and (target not in best or addr > best[target][0]):
+                    best[target] = (addr, parts[2])
+    named = {}
+    for target, (addr, name) in best.items():
+        if target - addr < 1 << 20:
+            named[target] = name if addr == target else f"{name}+{target - addr:#x}"
+    return named
+
+
+def read_kcore(address: int, size: int) -> bytes:
+    with open("/proc/kcore", "rb") as f:
+        header = f.read(64)
+        phoff, = struct.unpack_from("<Q", header, 32)
+        phentsize, phnum = struct.unpack_from("<HH", header, 54)
+        f.seek(phoff)
+        table = f.read(phentsize * phnum)
+        for i in range(phnum):
+            ptype, _fl, offset, vaddr, _pa, filesz = struct.unpack_from("<IIQQQQ", table,
+                                                                        i * phentsize)
+            if ptype == 1 and vaddr <= address < vaddr + filesz:
+                f.seek(offset + address - vaddr)
+                return f.read(size)
+    raise LookupError(f"address {address:#x} is in no /proc/kcore segment")
+
+
+def disassemble(code: bytes, address: int) -> list[dict[str, object]]:
+    with tempfile.NamedTemporaryFile(suffix=".bin") as tmp:
+        tmp.write(code)
+        tmp.flush()
+        out = subprocess.run(
+            ["objdump", "-D", "-b", "binary", "-m", "i386:x86-64",
+             f"--adjust-vma={address:#x}", tmp.name],
+            capture_output=True, text=True, check=True).stdout
+    insns: list[dict[str, object]] = []
+    for line in out.splitlines():
+        m = re.match(r"\s*([0-9a-f]+):\t([0-9a-f ]+?)\s*\t(.*)", line)
+        if m:
+            insns.append({"address": f"{int(m.group(1), 16):#x}", "bytes": m.group(2).strip(),
+                          "text": re.sub(r"\s+", " ", m.group(3)).strip()})
+        elif insns and re.match(r"\s*[0-9a-f]+:\t[0-9a-f ]+$", line):
+            extra = line.split("\t")[1].strip()  # continuation of a long instruction
+            insns[-1]["bytes"] = f"{insns[-1]['bytes']} {extra}"
+    return insns
+
+
+def peek(functions: list[str]) -> dict[str, object]:
+    addresses = kallsyms_lookup(functions)
+    result: dict[str, object] = {}
+    calls: dict[str, int] = {}
+    for fn in functions:
+        if fn not in addresses:
+            result[fn] = {"error": "not in /proc/kallsyms"}
+            continue
+        addr = addresses[fn]
+        code = read_kcore(addr, PEEK_BYTES)
+        insns = disassemble(code, addr)
+        result[fn] = {"address": f"{addr:#x}", "bytes": code.hex(" "), "instructions": insns}
+        for insn in insns:  # a 5-byte call (e8 rel32): name its target below
+            raw = bytes.fromhex(str(insn["bytes"]).replace(" ", ""))
+            if len(raw) == 5 and raw[0] == 0xE8:
+                at = int(str(insn["address"]), 16)
+                calls[fn] = at + 5 + struct.unpack("<i", raw[1:])[0]
+    if calls:
+        names = symbolize(list(calls.values()))
+        for fn, target in calls.items():
+            entry = result[fn]
+            assert isinstance(entry, dict)
+            entry["call_target"] = {"address": f"{target:#x}", "symbol": names.get(target)}
+    return result
+
+
+def objdump_function(vmlinux: str, fn: str) -> str:
+    out = subprocess.run(["objdump", "-d", f"--disassemble={fn}", vmlinux],
+                         capture_output=True, text=True, check=False)
+    lines = out.stdout.splitlines()
+    start = next((i for i, line in enumerate(lines) if line.endswith(f"<{fn}>:")), None)
+    if start is None:
+        return f"# {fn}: not found in {vmlinux}\n{out.stderr}"
+    body = []
+    for line in lines[start:]:
+        if not line.strip():
+            break
+        body.append(line)
+    return f"# objdump -d --disassemble={fn} {vmlinux}\n" + "\n".join(body) + "\n"
+
+
+def bpftrace_lv(fn: str) -> str:
+    # bpftrace 0.20 renamed kfunc: to fentry:; older versions abort on fentry:.
+    version = kernel_version(tool_version(["bpftrace", "--version"]).replace("bpftrace v", ""))
+    kind = "fentry" if version >= [0, 20] else "kfunc"
+    out = subprocess.run(["bpftrace", "-lv", f"{kind}:{fn}"], capture_output=True, text=True,
+                         check=False)
+    return f"# bpftrace -lv '{kind}:{fn}'\n{out.stdout}{out.stderr}"
+
+
+def build_probes(request: dict[str, Any]) -> dict[str, object]:
+    targets = [str(t) for t in request.get("targets", [])]
+    if not targets:
+        return {"ok": True, "log": ""}
+    out_dir = str(request["out"])
+    missing = [t for t in targets if not Path(t).exists()]
+    if not missing:
+        return {"ok": True, "log": "", "cached": True}
+    proc = subprocess.run(["make", "-s", "-C", str(request["src"]), f"O={out_dir}", *targets],
+                          capture_output=True, text=True, check=False)
+    return {"ok": proc.returncode == 0, "log": (proc.stdout + proc.stderr)[-20000:],
+            "cached": False}
+
+
+def prepare(request: dict[str, Any]) -> dict[str, object]:
+    functions = [str(f) for f in request.get("functions", [])]
+    facts = kernel_facts()
+    report: dict[str, object] = {"kernel": facts, "traceable": traceable(functions)}
+    available = kallsyms_lookup(functions)
+    report["in_kallsyms"] = {fn: fn in available for fn in functions}
+    if request.get("preflight_only"):
+        return report
+    vmlinux = facts["debug_vmlinux"]
+    with ThreadPoolExecutor(max_workers=3) as pool:  # the guest has 2 vCPUs; objdump is slow
+        build = pool.submit(build_probes, request["build"])
+        dumps = {fn: pool.submit(objdump_function, str(vmlinux), fn)
+                 for fn in request.get("objdump", [])} if vmlinux else {}
+        listings = {fn: pool.submit(bpftrace_lv, fn)
+                    for fn in request.get("bpftrace", [])}
+        report["build"] = build.result()
+        report["objdump"] = {fn: f.result() for fn, f in dumps.items()}
+        report["bpftrace_lv"] = {fn: f.result() for fn, f in listings.items()}
+    (TRACING / "trace").write_text("")  # start from an empty trace buffer
+    report["live_before"] = peek([str(f) for f in request.get("live", [])])
+    return report
+
+
+def read_trace() -> list[str]:
+    lines = (TRACING / "trace").read_text(errors="replace").splitlines()
+    return [line for line in lines if line.strip() and not line.startswith("#")]
+
+
+def main() -> int:
+    command = sys.argv[1] if len(sys.argv) > 1 else ""
+    request = json.loads(sys.stdin.read() or "{}")
+    if command == "prepare":
+        result = prepare(request)
+    elif command == "peek":
+        result = {"live": peek([str(f) for f in request.get("live", [])])}
+    elif command == "finish":
+        result = {"live": peek([str(f) for f in request.get("live", [])]),
+                  "trace": read_trace()}
+    else:
+        print(f"usage: {sys.argv[0]} prepare|peek|finish < request.json", file=sys.stderr)
+        return 2
+    json.dump(result, sys.stdout)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
