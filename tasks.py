@@ -8,8 +8,13 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import Any, cast
 
-from invoke import Argument, Collection, Context, Exit, Task, task
+from invoke.collection import Collection
+from invoke.context import Context
+from invoke.exceptions import Exit
+from invoke.parser.argument import Argument
+from invoke.tasks import Task, task
 
 from lab import report
 from lab.config import Settings, load_settings
@@ -226,7 +231,7 @@ def scenario_show(c: Context, scenario: str) -> None:
         print(path.read_text(), end="")
 
 
-class _TargetArgument(Argument):  # type: ignore[misc]
+class _TargetArgument(Argument):
     """The dispatcher's second word: required after run/validate/show, absent after list.
 
     invoke eats a token as a positional argument while that argument's value is None and
@@ -247,13 +252,13 @@ class _TargetArgument(Argument):  # type: ignore[misc]
         self.set_value(arg, cast=True)
 
 
-class _DispatchTask(Task):  # type: ignore[misc]
+class _DispatchTask(Task[Any]):
     def get_arguments(self, ignore_unknown_help: bool | None = None) -> list[Argument]:
         args: list[Argument] = super().get_arguments(ignore_unknown_help)
         by_name = {arg.name: arg for arg in args}
         target = by_name["scenario"]
         target.__class__ = _TargetArgument
-        target.action = by_name["action"]
+        cast(_TargetArgument, target).action = by_name["action"]
         return args
 
 
@@ -287,22 +292,21 @@ def scenario_dispatch(c: Context, action: str, scenario: str | None = None,
 
 # -- collections -------------------------------------------------------------------------
 
-image_ns = Collection("image")
-image_ns.add_task(image_build, "build")
-image_ns.add_task(image_list, "list")
-image_ns.add_task(image_verify, "verify")
 
-lab_ns = Collection("lab")
-for _name, _task in (("up", lab_up), ("down", lab_down), ("status", lab_status),
-                     ("ssh", lab_ssh), ("logs", lab_logs), ("destroy", lab_destroy)):
-    lab_ns.add_task(_task, _name)
+def _collection(name: str, tasks: dict[str, object], default: str | None = None) -> Collection:
+    collection = Collection(name)
+    for task_name, body in tasks.items():
+        collection.add_task(cast(Task[Any], body), task_name, default=task_name == default)
+    return collection
 
-scenario_ns = Collection("scenario")
-scenario_ns.add_task(scenario_dispatch, "do", default=True)
-scenario_ns.add_task(scenario_run, "run")
-scenario_ns.add_task(scenario_list, "list")
-scenario_ns.add_task(scenario_validate, "validate")
-scenario_ns.add_task(scenario_show, "show")
+
+image_ns = _collection("image", {"build": image_build, "list": image_list,
+                                 "verify": image_verify})
+lab_ns = _collection("lab", {"up": lab_up, "down": lab_down, "status": lab_status,
+                             "ssh": lab_ssh, "logs": lab_logs, "destroy": lab_destroy})
+scenario_ns = _collection("scenario", {"do": scenario_dispatch, "run": scenario_run,
+                                       "list": scenario_list, "validate": scenario_validate,
+                                       "show": scenario_show}, default="do")
 
 ns = Collection(image_ns, lab_ns, scenario_ns)
 ns.configure({"lab": {}})

@@ -33,6 +33,7 @@ class Settings:
     cpus: int = 2  # measured: 1 vCPU boots twice as slow under TCG, 4 is slower than 2
     memory: int = 2048  # MiB
     boot_timeout: float = 0.0  # seconds; 0 = scaled with the accelerator
+    kernel_args: str = ""  # appended to the guest kernel's command line
     results: Path = REPO_ROOT / "results"
     images_dir: Path = REPO_ROOT / "images"
     scenarios_dir: Path = REPO_ROOT / "scenarios"

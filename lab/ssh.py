@@ -7,9 +7,10 @@ agent or password is ever tried.
 
 from __future__ import annotations
 
+import base64
+import math
 import select
 import shlex
-import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -175,7 +176,8 @@ class Session:
         transport = self.client.get_transport()
         if transport is None or not transport.is_active():
             raise LabError(f"The SSH connection to {self.target.host}:{self.target.port} "
-                           "is gone (did the VM stop?).")
+                           "is gone: did the VM stop? See `invoke lab.status` and "
+                           "`invoke lab.logs`.", code=2)
         channel = transport.open_session(timeout=self.connect_timeout)
         channel.exec_command(command)
         return channel
@@ -196,24 +198,28 @@ class Session:
         deadline is killed in the guest, not merely abandoned.
         """
         text = to_command(command)
-        wrapped = f"timeout -k 2 {max(1, int(timeout))} sh -c {shlex.quote(text)}"
+        limit = max(1, math.ceil(timeout))
+        wrapped = f"timeout -k 2 {limit} sh -c {shlex.quote(text)}"
         started = time.monotonic()
         deadline = started + timeout + 5.0
         out = _Collector(max_output, on_stdout)
         err = _Collector(max_output, on_stderr)
         try:
             channel = self.open_channel(wrapped)
-            if stdin is not None:
-                channel.sendall(stdin)
-            channel.shutdown_write()
-            timed_out = _pump(channel, out, err, deadline)
+            timed_out = _pump(channel, out, err, deadline, stdin or b"")
             status = -1 if timed_out else channel.recv_exit_status()
             channel.close()
         except (OSError, paramiko.SSHException, EOFError) as exc:
             raise LabError(f"The SSH connection to the lab failed while running "
                            f"`{text[:200]}`: {exc}. The VM may have stopped: see "
                            "`invoke lab.status` and `invoke lab.logs`.", code=2) from None
-        if status == 124:  # coreutils timeout's own status
+        transport = self.client.get_transport()
+        if status == -1 and not timed_out and (transport is None or not transport.is_active()):
+            raise LabError(f"The SSH connection to the lab was lost while running "
+                           f"`{text[:200]}`: did the VM stop? See `invoke lab.status` and "
+                           "`invoke lab.logs`.", code=2)
+        # `timeout` exits 124 after TERM; after -k it is KILLed with its group (-1 here).
+        if status in (124, 137, -1) and time.monotonic() - started >= limit:
             timed_out = True
         return CommandResult(text, status, out.value(), err.value(),
                              time.monotonic() - started, timed_out, out.dropped, err.dropped)
@@ -227,20 +233,32 @@ class Session:
             sftp.get(remote, str(local))
 
 
-def _pump(channel: paramiko.Channel, out: _Collector, err: _Collector, deadline: float) -> bool:
-    """Read both streams until the command ends; True when the deadline passed first."""
+def _pump(channel: paramiko.Channel, out: _Collector, err: _Collector, deadline: float,
+          stdin: bytes) -> bool:
+    """Feed stdin and read both streams until the command ends; True on the deadline.
+
+    stdin goes in chunks inside the loop: a command that stops reading while its output
+    fills the window would otherwise block a plain sendall forever.
+    """
+    sent = 0
+    if not stdin:
+        channel.shutdown_write()
     while True:
         drained = False
+        if sent < len(stdin) and channel.send_ready():
+            sent += channel.send(stdin[sent:sent + 32768])
+            drained = True
+            if sent == len(stdin):
+                channel.shutdown_write()
         while channel.recv_ready():
             out.add(channel.recv(65536))
             drained = True
         while channel.recv_stderr_ready():
             err.add(channel.recv_stderr(65536))
             drained = True
-        if channel.exit_status_ready() and not channel.recv_ready() \
-                and not channel.recv_stderr_ready():
-            if channel.eof_received or channel.closed:
-                return False
+        finished = channel.exit_status_ready() and (channel.eof_received or channel.closed)
+        if finished and not channel.recv_ready() and not channel.recv_stderr_ready():
+            return False
         if time.monotonic() > deadline:
             return True
         if not drained:
@@ -248,18 +266,4 @@ def _pump(channel: paramiko.Channel, out: _Collector, err: _Collector, deadline:
 
 
 def _b64(blob: str) -> bytes:
-    import base64
-
     return base64.b64decode(blob)
-
-
-def wait_for_port(host: str, port: int, timeout: float) -> bool:
-    """True once something accepts TCP connections on host:port."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection((host, port), timeout=1.0):
-                return True
-        except OSError:
-            time.sleep(0.1)
-    return False

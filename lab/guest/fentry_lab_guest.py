@@ -26,7 +26,10 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from buildid import build_id_from_elf, build_id_from_notes  # noqa: E402
+from buildid import (  # type: ignore[import-not-found]
+    build_id_from_elf,
+    build_id_from_notes,
+)
 
 TRACING = Path("/sys/kernel/tracing")
 CONFIG_FLAGS = ("CONFIG_DEBUG_INFO_BTF", "CONFIG_FUNCTION_TRACER", "CONFIG_DYNAMIC_FTRACE",

@@ -40,16 +40,17 @@ BOOT_TIMEOUT_S = 45.0  # at KVM speed; multiplied by the accelerator's slowdown
 HOSTFWD_FAILED = "Could not set up host forwarding rule"
 
 
-def kernel_cmdline(image: Image) -> str:
+def kernel_cmdline(image: Image, extra: str = "") -> str:
     boot = image.boot
     # lsm= without "bpf": systemd otherwise loads a BPF LSM program at every boot.
     # panic=-1 with -no-reboot turns a panic into qemu exiting, which the watchdog sees.
     return (f"root={boot['root_device']} rw console=ttyS0 quiet lsm=lockdown,yama panic=-1 "
-            "systemd.show_status=false")
+            f"systemd.show_status=false {extra}").strip()
 
 
 def qemu_argv(*, image: Image, overlay: Path, accel: Accel, cpus: int, memory: int,
-              ssh_port: int, serial_log: Path, qmp_socket: Path, name: str) -> list[str]:
+              ssh_port: int, serial_log: Path, qmp_socket: Path, name: str,
+              kernel_args: str = "") -> list[str]:
     """The whole QEMU command line, built from small pieces (printable with shlex.join)."""
     disk = (["-device", "nvme,drive=root,serial=fentry-lab"]
             if image.boot["disk_interface"] == "nvme" else ["-device", "virtio-blk-pci,drive=root"])
@@ -58,12 +59,12 @@ def qemu_argv(*, image: Image, overlay: Path, accel: Accel, cpus: int, memory: i
         QEMU, "-name", f"fentry-lab-{name}",
         *accel.qemu_args,
         "-smp", str(cpus), "-m", str(memory),
-        "-kernel", str(image.kernel), *initrd, "-append", kernel_cmdline(image),
+        "-kernel", str(image.kernel), *initrd, "-append", kernel_cmdline(image, kernel_args),
         "-drive", f"file={overlay},if=none,id=root,format=qcow2,discard=unmap",
         *disk,
         # Only SSH is forwarded, and only on the host's loopback.
         "-netdev", f"user,id=net0,hostfwd=tcp:127.0.0.1:{ssh_port}-:22",
-        "-device", "virtio-net-pci,netdev=net0",
+        "-device", "virtio-net-pci,netdev=net0,romfile=",  # no PXE ROM: direct kernel boot
         "-serial", f"file:{serial_log}",
         "-qmp", f"unix:{qmp_socket},server=on,wait=off",
         "-display", "none", "-monitor", "none", "-no-reboot",
@@ -186,7 +187,7 @@ class QemuBackend:
             argv = qemu_argv(image=image, overlay=self.overlay, accel=accel,
                              cpus=self.settings.cpus, memory=self.settings.memory,
                              ssh_port=port, serial_log=serial, qmp_socket=self.qmp_socket,
-                             name=self.settings.name)
+                             name=self.settings.name, kernel_args=self.settings.kernel_args)
             serial.write_bytes(b"")
             self.qmp_socket.unlink(missing_ok=True)
             started = time.time()
@@ -231,6 +232,7 @@ class QemuBackend:
         serial = self.serial_log()
         seen = b""
         while True:
+            exited = proc.poll()  # polled before reading, so a dying guest's last words count
             with contextlib.suppress(OSError):
                 seen = serial.read_bytes()
             match = READY.search(seen)
@@ -238,17 +240,17 @@ class QemuBackend:
                 return float(match.group(1))
             fatal = FATAL.search(seen)
             if fatal:
-                time.sleep(0.5)  # let the rest of the trace reach the log
+                if exited is None:
+                    time.sleep(0.5)  # let the rest of the trace reach the log
                 raise LabError(f"The guest kernel failed while booting: "
                                f"{fatal.group(1).decode('utf-8', 'replace').strip()}."
                                f"{self._tail()}Check the kernel command line and the image "
                                "(`invoke image.verify`).", code=2)
-            code = proc.poll()
-            if code is not None:
+            if exited is not None:
                 log = self.qemu_log.read_text(errors="replace").strip()
                 if HOSTFWD_FAILED in log:
                     return None
-                raise LabError(f"qemu exited with status {code} before the guest was ready. "
+                raise LabError(f"qemu exited with status {exited} before the guest was ready. "
                                f"qemu said: {log[-1500:] or '(nothing)'}{self._tail()}", code=2)
             if ticker.elapsed > timeout:
                 raise LabError(f"The guest did not become ready within {timeout:.0f} s "
@@ -306,9 +308,9 @@ class QemuBackend:
     def _poweroff(self, state: LabState, grace: float) -> None:
         # The guest has no logind to act on an ACPI power button, so ask systemd directly;
         # QMP's system_powerdown and quit are the fallbacks.
-        with contextlib.suppress(LabError):
-            with Session(self._target(state.ssh_port), connect_timeout=5.0) as ssh:
-                ssh.run("systemctl poweroff --no-block", timeout=10)
+        with contextlib.suppress(LabError), \
+                Session(self._target(state.ssh_port), connect_timeout=5.0) as ssh:
+            ssh.run("systemctl poweroff --no-block", timeout=10)
         if self._wait_exit(state.pid, grace):
             return
         self._qmp("system_powerdown")
@@ -327,7 +329,7 @@ class QemuBackend:
             qmp.connect()
             qmp.cmd(command)
             qmp.close()
-        except Exception as exc:  # the socket may be gone with qemu  # noqa: BLE001
+        except Exception as exc:  # the socket may be gone with qemu
             console.say(f"QMP {command} failed ({exc}); falling back")
 
     def _wait_exit(self, pid: int, seconds: float) -> bool:

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Installs what the lab needs on a Debian 12/13 host: Debian packages (only those missing)
+# and a Python virtual environment in .venv with the project. `--test` adds the test tools.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# qemu-system-x86, qemu-utils: the lab VM (TCG or KVM) and its qcow2 disks
+# mmdebstrap, e2fsprogs, uidmap: building images without loop mounts
+# dpkg, binutils: extracting the debug vmlinux; objdump
+# openssh-client, openssh-server: ssh-keygen and `lab.ssh`; sshd for the SSH tests
+names=(qemu-system-x86 qemu-utils mmdebstrap e2fsprogs uidmap dpkg binutils openssh-client
+       openssh-server python3 python3-venv)
+
+missing=()
+for pkg in "${names[@]}"; do
+    dpkg-query -W -f '${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo="sudo"
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "fentry-lab: installing Debian packages: ${missing[*]}" >&2
+    $sudo apt-get update -q
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${missing[@]}"
+else
+    echo "fentry-lab: Debian packages already installed" >&2
+fi
+
+if [ ! -x .venv/bin/python ]; then
+    echo "fentry-lab: creating the virtual environment .venv" >&2
+    python3 -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade "pip>=25.1"
+if [ "${1:-}" = "--test" ]; then
+    echo "fentry-lab: installing the project with its test tools into .venv" >&2
+    PYTHONWARNINGS=ignore .venv/bin/python -m pip install -q -e . --group test
+else
+    echo "fentry-lab: installing the project into .venv" >&2
+    PYTHONWARNINGS=ignore .venv/bin/python -m pip install -q -e .
+fi
