@@ -28,12 +28,14 @@ def build_id_from_elf(path: Path) -> str | None:
     """Read only the ELF header and PT_NOTE segments (the debug vmlinux is ~350 MB)."""
     with path.open("rb") as f:
         ident = f.read(64)
-        if ident[:4] != b"\x7fELF" or ident[4] != 2:  # 64-bit only: x86_64 kernels
+        if len(ident) < 64 or ident[:4] != b"\x7fELF" or ident[4] != 2:  # 64-bit only
             return None
         phoff, = struct.unpack_from("<Q", ident, 32)
         phentsize, phnum = struct.unpack_from("<HH", ident, 54)
         f.seek(phoff)
         headers = f.read(phentsize * phnum)
+        if phentsize < 56 or len(headers) < phentsize * phnum:  # truncated or not ELF64
+            return None
         for i in range(phnum):
             ptype, _flags, p_offset, _vaddr, _paddr, filesz = struct.unpack_from(
                 "<IIQQQQ", headers, i * phentsize)

@@ -45,7 +45,9 @@ def event_matches(event: Mapping[str, object], probe: str,
     if event.get("probe_name") != probe:
         return False
     for key, want in match.items():
-        have = event.get(key)
+        if key not in event:
+            return False
+        have = event[key]
         if isinstance(want, bool) or isinstance(have, bool):
             if have is not want:
                 return False

@@ -9,12 +9,16 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from xml.sax.saxutils import escape, quoteattr
+from xml.sax.saxutils import escape as _xml_escape
+from xml.sax.saxutils import quoteattr as _xml_quoteattr
 
 from lab.expect import Check
 
+# Characters XML 1.0 forbids even when escaped (ANSI escapes from a serial log, NULs).
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
 TEXT_LIMIT = 8 * 1024 * 1024  # bytes of any one text file kept; the rest is cut and marked
 
 
@@ -46,8 +50,10 @@ class ResultsBundle:
     def write_text(self, name: str, text: str) -> Path:
         data = text.encode("utf-8", "replace")
         if len(data) > TEXT_LIMIT:
-            cut = len(data) - TEXT_LIMIT
-            data = data[:TEXT_LIMIT] + f"\n[fentry-lab: {cut} more bytes cut]\n".encode()
+            # Cut on a character boundary so the file stays valid UTF-8.
+            kept = data[:TEXT_LIMIT].decode("utf-8", "ignore").encode("utf-8")
+            cut = len(data) - len(kept)
+            data = kept + f"\n[fentry-lab: {cut} more bytes cut]\n".encode()
         path = self.path / name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
@@ -62,6 +68,12 @@ class ResultsBundle:
 
     def write_junit(self, scenario: str, checks: list[Check], error: str | None,
                     duration_s: float) -> Path:
+        def escape(text: str) -> str:
+            return _xml_escape(_NOT_XML.sub("\ufffd", text))
+
+        def quoteattr(text: str) -> str:
+            return _xml_quoteattr(_NOT_XML.sub("\ufffd", text))
+
         failures = sum(1 for c in checks if not c.ok)
         cases = []
         for check in checks:

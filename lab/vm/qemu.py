@@ -8,6 +8,7 @@ after checking that PID is still this lab's qemu.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import fcntl
 import os
@@ -32,7 +33,7 @@ from lab.ssh import Session, SshTarget
 from lab.vm.base import LabState, LabStatus
 
 QEMU = "qemu-system-x86_64"
-READY = re.compile(rb"fentry-lab: ready uptime=(\S+)")
+READY = re.compile(rb"fentry-lab: ready uptime=(\S+) kernel=(\S+) notes=([A-Za-z0-9+/=]+)\r?\n")
 # What a dying guest prints on the serial console.
 FATAL = re.compile(rb"(Kernel panic - not syncing.*|Oops: .*|BUG: kernel NULL pointer.*|"
                    rb"end Kernel panic.*|Kernel Offset: .*)")
@@ -163,11 +164,12 @@ class QemuBackend:
             if state.pid:
                 console.warn(f"lab {self.settings.name!r}: its qemu (pid {state.pid}) died; "
                              "starting it again")
-            image = find_image(self.settings) or build_image(self.settings)
+            # Before the image: an unusable --accel kvm must fail fast, not after a build.
             accel = choose_accel(self.settings.accel)
             if accel.name == "tcg":
                 console.say(f"no usable KVM ({accel.reason}): running emulated under TCG, "
                             "expect a slower lab")
+            image = find_image(self.settings) or build_image(self.settings)
             self._prepare_overlay(image, state)
             return self._boot(image, accel)
 
@@ -207,11 +209,13 @@ class QemuBackend:
                     console.say(f"port {port} was taken; trying another ({attempt + 1}/3)")
                     continue
                 target = self._target(port)
-                self._check_kernel(target, image)
+                self._check_kernel(ready, image)
+                with Session(target):  # SSH answers, with the pinned host key
+                    pass
                 state.ready_after_s = round(time.time() - started, 2)
                 state.save(self.state_file)
                 console.say(f"lab {self.settings.name!r} is up in {state.ready_after_s:.1f} s "
-                            f"(guest ready at {ready:.1f} s of its uptime): "
+                            f"(guest ready at {float(ready.group(1)):.1f} s of its uptime): "
                             f"`invoke lab.ssh` or ssh -p {port} root@127.0.0.1")
                 return target
             except BaseException:
@@ -222,7 +226,8 @@ class QemuBackend:
         raise LabError("Could not find a free port on 127.0.0.1 for the lab's SSH forward "
                        "after 3 tries.")
 
-    def _wait_ready(self, proc: subprocess.Popen[bytes], timeout: float) -> float | None:
+    def _wait_ready(self, proc: subprocess.Popen[bytes],
+                    timeout: float) -> re.Match[bytes] | None:
         """Watch the serial log until the guest's ready line; None if the port was taken.
 
         Fails fast on a kernel panic or oops, on qemu exiting, and at the timeout, always
@@ -237,7 +242,7 @@ class QemuBackend:
                 seen = serial.read_bytes()
             match = READY.search(seen)
             if match:
-                return float(match.group(1))
+                return match
             fatal = FATAL.search(seen)
             if fatal:
                 if exited is None:
@@ -268,19 +273,13 @@ class QemuBackend:
         tail = "\n".join(f"    {line}" for line in text.splitlines()[-lines:])
         return f"\n  Last lines of the serial log ({self.serial_log()}):\n{tail}\n  "
 
-    def _check_kernel(self, target: SshTarget, image: Image) -> None:
+    @staticmethod
+    def _check_kernel(ready: re.Match[bytes], image: Image) -> None:
         """The running kernel must be the one whose debug vmlinux the image carries."""
-        with Session(target) as ssh:
-            result = ssh.run("uname -r; base64 -w0 /sys/kernel/notes", timeout=30)
-        if result.exit_status != 0:
-            raise LabError(f"Could not read the guest's kernel notes: {result.err.strip()}",
-                           code=2)
-        import base64
-
-        uname, _, notes = result.out.partition("\n")
-        running = build_id_from_notes(base64.b64decode(notes.strip()))
+        uname = ready.group(2).decode()
+        running = build_id_from_notes(base64.b64decode(ready.group(3)))
         if running != image.build_id:
-            raise LabError(f"The guest runs kernel {uname.strip()} with build ID {running}, but "
+            raise LabError(f"The guest runs kernel {uname} with build ID {running}, but "
                            f"the image's debug vmlinux has {image.build_id}: the disassembly "
                            "would not match the running code. Rebuild the image with "
                            "`invoke image.build --force`.", code=2)
