@@ -45,11 +45,13 @@ def bare_boot(scratch: Path) -> float:
                      cpus=settings.cpus, memory=settings.memory, ssh_port=free_port(),
                      serial_log=serial, qmp_socket=scratch / "qmp.sock", name="bench-bare")
     started = time.monotonic()
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         while not READY.search(serial.read_bytes()):
             if proc.poll() is not None or time.monotonic() - started > 300:
-                raise SystemExit("bare qemu boot failed; see " + str(serial))
+                tail = serial.read_text(errors="replace")[-2000:]
+                raise SystemExit(f"bare qemu boot failed: {proc.stderr.read() if proc.stderr else ''}"
+                                 f"\n{tail}")
             time.sleep(0.02)
         return time.monotonic() - started
     finally:

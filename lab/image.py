@@ -17,6 +17,7 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import tempfile
 import time
 import urllib.error
@@ -239,6 +240,28 @@ def _check_disk_space(where: Path) -> None:
         )
 
 
+def mounts_below(path: Path) -> list[str]:
+    prefix = str(path.resolve()) + "/"
+    with open("/proc/self/mounts") as f:
+        points = [line.split()[1].replace("\\040", " ") for line in f]
+    return sorted((p for p in points if p.startswith(prefix)), key=len, reverse=True)
+
+
+def remove_build_dir(path: Path) -> None:
+    """Delete a (partial) build, never through a mount point mmdebstrap may have left.
+
+    A tree with /proc, /sys or /dev still mounted would otherwise have rmtree walk into the
+    host's own files.
+    """
+    for point in mounts_below(path):
+        subprocess.run(["umount", "--lazy", point], check=False, capture_output=True)
+    left = mounts_below(path)
+    if left:
+        raise LabError(f"The unfinished build in {path} still has mounts ({', '.join(left)}); "
+                       "it was not deleted. Unmount them (`umount -R`) and delete it by hand.")
+    shutil.rmtree(path, ignore_errors=True)
+
+
 def _remove_stale_builds(cache: Path) -> None:
     """Temporary build directories whose builder is gone (killed, power loss)."""
     for tmp in cache.glob(".build-*"):
@@ -248,7 +271,16 @@ def _remove_stale_builds(cache: Path) -> None:
             continue  # still building
         except (OSError, ValueError):
             pass
-        shutil.rmtree(tmp, ignore_errors=True)
+        remove_build_dir(tmp)
+
+
+MISSING_PACKAGE = re.compile(r"Unable to locate package (\S+)|"
+                             r"Package '?([^' ]+)'? has no installation candidate")
+
+
+def missing_packages(line: str) -> list[str]:
+    """Package names apt says it cannot find, from one line of its output."""
+    return [a or b for a, b in MISSING_PACKAGE.findall(line)]
 
 
 def _mmdebstrap(recipe: Recipe, keys: LabKeys, tree: Path, out: Path, epoch: int) -> None:
@@ -272,9 +304,7 @@ def _mmdebstrap(recipe: Recipe, keys: LabKeys, tree: Path, out: Path, epoch: int
     missing: list[str] = []
 
     def show(line: str) -> None:
-        found = re.search(r"Unable to locate package (\S+)", line)
-        if found:
-            missing.append(found.group(1))
+        missing.extend(missing_packages(line))
         if line.startswith(("I: ", "fentry-lab: ", "Get:", "E: ", "W: ")) and not line.startswith(
                 "Get:"):
             console.say(f"  {line}")
@@ -306,10 +336,31 @@ def _make_disk(tree: Path, out: Path, recipe: Recipe, digest: str, epoch: int) -
          f"{size_mib}M"],
         what="mke2fs", env={"E2FSPROGS_FAKE_TIME": str(epoch)},
     )
+    _clamp_ctimes(tree, raw, epoch)
     console.say("converting to qcow2")
     run_checked(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw),
                  str(out / "disk.qcow2")], what="qemu-img convert")
     raw.unlink()
+
+
+def _clamp_ctimes(tree: Path, raw: Path, epoch: int) -> None:
+    """Set every inode's ctime to the epoch: mke2fs -d (1.47.0) copies the build's ctimes.
+
+    Measured: this was the only difference between two mke2fs runs over identical trees.
+    debugfs takes about 0.6 s for 40 000 inodes.
+    """
+    commands = [f'sif / ctime @{epoch}']
+    for root, dirs, files in os.walk(tree):
+        dirs.sort()
+        for name in sorted(dirs + files):
+            path = "/" + os.path.relpath(os.path.join(root, name), tree)
+            if '"' not in path and "\n" not in path:
+                commands.append(f'sif "{path}" ctime @{epoch}')
+    script = raw.with_suffix(".debugfs")
+    script.write_text("\n".join(commands) + "\n")
+    run_checked([tool_path("debugfs"), "-w", "-f", str(script), str(raw)],
+                what="debugfs (clamping ctimes)", env={"E2FSPROGS_FAKE_TIME": str(epoch)})
+    script.unlink()
 
 
 def _versions() -> dict[str, str]:
@@ -352,7 +403,7 @@ def build_image(settings: Settings, release: str | None = None, *, force: bool =
             _mmdebstrap(recipe, keys, tree, tmp, epoch)
             console.say("[2/3] building the disk image")
             _make_disk(tree, tmp, recipe, digest, epoch)
-            shutil.rmtree(tree)
+            remove_build_dir(tree)
             console.say("[3/3] hashing artefacts and writing the manifest")
             image = _write_manifest(tmp, recipe, digest, epoch, started)
             (tmp / "builder.pid").unlink()
@@ -360,7 +411,7 @@ def build_image(settings: Settings, release: str | None = None, *, force: bool =
                 shutil.rmtree(final)
             tmp.rename(final)
         except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
+            remove_build_dir(tmp)
             raise
     console.say(f"image ready: {final} (kernel {image.kernel_release}, "
                 f"{time.monotonic() - started:.0f} s)")

@@ -234,8 +234,9 @@ class _Run:
             raise ScenarioAborted(f"Building the probes failed in the guest (kernel "
                                   f"{self.kernel['release']}); see build.log:\n"
                                   f"{str(build.get('log', ''))[-3000:]}")
-        console.say("probes " + ("reused from the build cache" if build.get("cached")
-                                 else "built in the guest"))
+        if build.get("cached") is not None:
+            console.say("probes " + ("reused from the build cache" if build["cached"]
+                                     else "built in the guest"))
         return report
 
     def _preflight(self, report: Mapping[str, Any]) -> None:

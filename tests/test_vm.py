@@ -233,6 +233,16 @@ def test_verifier_rejection_shows_the_log(lab: Cli, tmp_path: Path) -> None:
     assert summary(cli, "acl-verifier")["status"] == "error"
 
 
+def test_bcc_loader_runs_the_same_probes(lab: Cli) -> None:
+    cli = lab
+    run = cli("scenario", "run", "acl-bcc")
+    assert run.returncode == 0, run.stdout + run.stderr
+    events = [json.loads(line) for line in
+              (cli.results / "acl-bcc" / "latest" / "events.jsonl").read_text().splitlines()]
+    assert {"probe_name": "bcc", "probe": "fexit", "dentry": "passwd", "retval": -1}.items() \
+        <= next(e for e in events if e["dentry"] == "passwd" and e["probe"] == "fexit").items()
+
+
 def test_pinned_host_key_is_enforced(lab: Cli, tmp_path: Path) -> None:
     cli = lab
     from lab.vm.qemu import QemuBackend

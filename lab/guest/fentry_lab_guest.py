@@ -210,7 +210,7 @@ def bpftrace_lv(fn: str) -> str:
 def build_probes(request: dict[str, Any]) -> dict[str, object]:
     targets = [str(t) for t in request.get("targets", [])]
     if not targets:
-        return {"ok": True, "log": ""}
+        return {"ok": True, "log": "", "cached": None}  # nothing to build (BCC compiles at load)
     out_dir = str(request["out"])
     missing = [t for t in targets if not Path(t).exists()]
     if not missing:
