@@ -49,9 +49,9 @@ def bare_boot(scratch: Path) -> float:
     try:
         while not READY.search(serial.read_bytes()):
             if proc.poll() is not None or time.monotonic() - started > 300:
+                said = proc.stderr.read() if proc.stderr else b""
                 tail = serial.read_text(errors="replace")[-2000:]
-                raise SystemExit(f"bare qemu boot failed: {proc.stderr.read() if proc.stderr else ''}"
-                                 f"\n{tail}")
+                raise SystemExit(f"bare qemu boot failed: {said!r}\n{tail}")
             time.sleep(0.02)
         return time.monotonic() - started
     finally:
