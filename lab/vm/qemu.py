@@ -312,16 +312,22 @@ class QemuBackend:
             ssh.run("systemctl poweroff --no-block", timeout=10)
         if self._wait_exit(state.pid, grace):
             return
-        self._qmp("system_powerdown")
+        self._qmp("system_powerdown", state.pid)
         if self._wait_exit(state.pid, 2.0):
             return
-        self._qmp("quit")
-        if not self._wait_exit(state.pid, 3.0):
-            self._kill(state.pid)
+        self._stop_now(state.pid)
 
-    def _qmp(self, command: str) -> None:
+    def _stop_now(self, pid: int) -> None:
+        """QMP quit (qemu exits at once, the guest is not asked), then signals."""
+        self._qmp("quit", pid)
+        if not self._wait_exit(pid, 3.0):
+            self._kill(pid)
+
+    def _qmp(self, command: str, pid: int) -> None:
         from qemu.qmp.legacy import QEMUMonitorProtocol
 
+        if not pid_is_lab(pid, self.overlay):
+            return
         try:
             qmp = QEMUMonitorProtocol(str(self.qmp_socket))
             qmp.settimeout(3.0)
@@ -329,7 +335,8 @@ class QemuBackend:
             qmp.cmd(command)
             qmp.close()
         except Exception as exc:  # the socket may be gone with qemu
-            console.say(f"QMP {command} failed ({exc}); falling back")
+            if pid_is_lab(pid, self.overlay):
+                console.say(f"QMP {command} failed ({exc}); falling back")
 
     def _wait_exit(self, pid: int, seconds: float) -> bool:
         deadline = time.monotonic() + seconds
@@ -355,7 +362,7 @@ class QemuBackend:
         if self._alive(state):
             with self._lock():
                 console.say(f"stopping lab {self.settings.name!r} (pid {state.pid})")
-                self._poweroff(state, grace=2.0)
+                self._stop_now(state.pid)  # its disk is deleted next: no need to be gentle
         if self.directory.exists():
             import shutil
 
