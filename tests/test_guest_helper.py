@@ -179,7 +179,7 @@ def test_traceable(guest: ModuleType, tmp_path: Path,
 
 
 def test_build_probes_without_targets(guest: ModuleType) -> None:
-    assert guest.build_probes({"targets": []}) == {"ok": True, "log": ""}
+    assert guest.build_probes({"targets": []}) == {"ok": True, "log": "", "cached": None}
 
 
 def test_build_probes_already_built(guest: ModuleType, tmp_path: Path) -> None:
