@@ -6,6 +6,7 @@ per phase of a scenario run:
 
   prepare   preflight checks, kernel facts, probe build, static disassembly, bpftrace -lv,
             trace buffer cleared, live bytes "before"
+  facts     the same facts for any functions, without building or clearing anything
   peek      live bytes of functions (while attached, after detaching)
   finish    live bytes "after" and the bpf_printk lines from the trace buffer
 
@@ -90,20 +91,40 @@ def traceable(functions: list[str]) -> dict[str, bool]:
     return {fn: fn in found for fn in functions}
 
 
-def kallsyms_lookup(names: list[str]) -> dict[str, int]:
-    wanted = set(names)
-    found: dict[str, int] = {}
+def read_kallsyms() -> str:
     with open("/proc/kallsyms") as f:
-        for line in f:
-            parts = line.split()
-            if len(parts) >= 3 and parts[2] in wanted and parts[1] in "tTwW" \
-                    and parts[2] not in found:
-                found[parts[2]] = int(parts[0], 16)
+        return f.read()
+
+
+def kallsyms_lookup(names: list[str]) -> dict[str, int]:
+    """Text symbols by name. Regexes over the whole file: a line-by-line loop in Python
+    costs about a second per pass under TCG."""
+    text = read_kallsyms()
+    found: dict[str, int] = {}
+    for name in names:
+        match = re.search(rf"^([0-9a-f]+) [tTwW] {re.escape(name)}(?:\t\[\w+\])?$", text,
+                          re.MULTILINE)
+        if match:
+            found[name] = int(match.group(1), 16)
     return found
 
 
 def symbolize(addresses: list[int]) -> dict[int, str]:
-    """Nearest kallsyms symbol at or below each address, as name+0xoff."""
+    """The kallsyms symbol at each address (a BPF trampoline has its own), else the nearest
+    one below it, as name+0xoff."""
+    text = read_kallsyms()
+    named: dict[int, str] = {}
+    for target in addresses:
+        match = re.search(rf"^{target:016x} \w (\S+)", text, re.MULTILINE)
+        if match:
+            named[target] = match.group(1)
+    rest = [a for a in addresses if a not in named]
+    if rest:
+        named.update(_nearest_symbols(rest))
+    return named
+
+
+def _nearest_symbols(addresses: list[int]) -> dict[int, str]:
     best: dict[int, tuple[int, str]] = {}
     with open("/proc/kallsyms") as f:
         for line in f:
@@ -231,7 +252,7 @@ def prepare(request: dict[str, Any]) -> dict[str, object]:
         return report
     vmlinux = facts["debug_vmlinux"]
     with ThreadPoolExecutor(max_workers=3) as pool:  # the guest has 2 vCPUs; objdump is slow
-        build = pool.submit(build_probes, request["build"])
+        build = pool.submit(build_probes, request.get("build", {}))
         dumps = {fn: pool.submit(objdump_function, str(vmlinux), fn)
                  for fn in request.get("objdump", [])} if vmlinux else {}
         listings = {fn: pool.submit(bpftrace_lv, fn)
@@ -239,9 +260,19 @@ def prepare(request: dict[str, Any]) -> dict[str, object]:
         report["build"] = build.result()
         report["objdump"] = {fn: f.result() for fn, f in dumps.items()}
         report["bpftrace_lv"] = {fn: f.result() for fn, f in listings.items()}
-    (TRACING / "trace").write_text("")  # start from an empty trace buffer
+    if not request.get("keep_trace"):
+        (TRACING / "trace").write_text("")  # start from an empty trace buffer
     report["live_before"] = peek([str(f) for f in request.get("live", [])])
     return report
+
+
+def facts(request: dict[str, Any]) -> dict[str, object]:
+    """What a kernel offers for some functions, for the kernel matrix; changes nothing.
+
+    Kernel facts, and per function: in /proc/kallsyms, traceable, static disassembly,
+    bpftrace -lv (its BTF signature) and the live bytes now.
+    """
+    return prepare({**request, "build": {}, "keep_trace": True})
 
 
 def read_trace() -> list[str]:
@@ -254,13 +285,15 @@ def main() -> int:
     request = json.loads(sys.stdin.read() or "{}")
     if command == "prepare":
         result = prepare(request)
+    elif command == "facts":
+        result = facts(request)
     elif command == "peek":
         result = {"live": peek([str(f) for f in request.get("live", [])])}
     elif command == "finish":
         result = {"live": peek([str(f) for f in request.get("live", [])]),
                   "trace": read_trace()}
     else:
-        print(f"usage: {sys.argv[0]} prepare|peek|finish < request.json", file=sys.stderr)
+        print(f"usage: {sys.argv[0]} prepare|facts|peek|finish < request.json", file=sys.stderr)
         return 2
     json.dump(result, sys.stdout)
     return 0
