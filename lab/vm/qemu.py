@@ -89,6 +89,13 @@ def pid_is_lab(pid: int, marker: Path) -> bool:
     return str(marker).encode() in cmdline
 
 
+def _reap(pid: int) -> None:
+    """Collect a qemu this process started (a long-running caller, such as a matrix run,
+    would otherwise keep it as a zombie); a qemu started by an earlier command is not ours."""
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(pid, os.WNOHANG)
+
+
 class QemuBackend:
     name = "qemu"
 
@@ -342,9 +349,13 @@ class QemuBackend:
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
             if not pid_is_lab(pid, self.overlay):
+                _reap(pid)
                 return True
             time.sleep(0.1)
-        return not pid_is_lab(pid, self.overlay)
+        gone = not pid_is_lab(pid, self.overlay)
+        if gone:
+            _reap(pid)
+        return gone
 
     def _kill(self, pid: int) -> None:
         """SIGTERM then SIGKILL, only if pid is still this lab's qemu; reaps it if ours."""
@@ -354,8 +365,6 @@ class QemuBackend:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
             self._wait_exit(pid, 3.0)
-        with contextlib.suppress(ChildProcessError, OSError):
-            os.waitpid(pid, os.WNOHANG)
 
     def destroy(self) -> None:
         state = self._state()
