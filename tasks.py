@@ -290,6 +290,53 @@ def scenario_dispatch(c: Context, action: str, scenario: str | None = None,
         chosen(c, scenario)
 
 
+# -- matrix ------------------------------------------------------------------------------
+
+MATRIX_FLAGS = {
+    "scenario": "Scenario name (scenarios/NAME.yaml) or file",
+    "releases": "Comma-separated releases (default: bullseye,bookworm,trixie)",
+    "jobs": "Labs run at once (default: host cores + 1, at most one per release and as "
+            "many as memory allows: all 3 on 2 cores, measured fastest under TCG)",
+    "keep": "Leave the labs (matrix-RELEASE) up afterwards; the next matrix run reuses them",
+    "accel": LAB_FLAGS["accel"],
+    "cpus": LAB_FLAGS["cpus"],
+    "memory": LAB_FLAGS["memory"],
+}
+
+
+@task(positional=["scenario"], help=MATRIX_FLAGS)
+def matrix_run(c: Context, scenario: str, releases: str | None = None, jobs: int = 0,
+               keep: bool = False, accel: str | None = None, cpus: int | None = None,
+               memory: int | None = None) -> None:
+    """Run a scenario on several Debian kernels and write a side-by-side table."""
+    from lab.matrix import parse_releases, run_matrix
+    from lab.scenario import find_scenario, load_scenario
+
+    with friendly_errors():
+        settings = settings_from(c, accel=accel, cpus=cpus, memory=memory)
+        try:
+            loaded = load_scenario(find_scenario(scenario, settings.scenarios_dir))
+        except LabError as exc:  # an invalid scenario is the user's to fix: exit 1
+            raise LabError(str(exc), code=1) from None
+        result = run_matrix(settings, loaded, parse_releases(releases, settings.images_dir),
+                            jobs=jobs or None, keep=keep)
+        print(result.markdown, end="")
+        print(f"\nmatrix: {result.path / 'matrix.md'}")
+    if result.exit_code:
+        raise Exit(code=result.exit_code)
+
+
+@task(positional=["action", "scenario"], help={"action": "run", **MATRIX_FLAGS})
+def matrix_dispatch(c: Context, action: str, scenario: str, releases: str | None = None,
+                    jobs: int = 0, keep: bool = False, accel: str | None = None,
+                    cpus: int | None = None, memory: int | None = None) -> None:
+    """`invoke matrix run SCENARIO` as words, not a dotted name."""
+    if action != "run":
+        raise Exit(f"fentry-lab: error: unknown matrix action {action!r}: use run.", code=1)
+    matrix_run(c, scenario, releases=releases, jobs=jobs, keep=keep, accel=accel, cpus=cpus,
+               memory=memory)
+
+
 # -- collections -------------------------------------------------------------------------
 
 
@@ -308,5 +355,7 @@ scenario_ns = _collection("scenario", {"do": scenario_dispatch, "run": scenario_
                                        "list": scenario_list, "validate": scenario_validate,
                                        "show": scenario_show}, default="do")
 
-ns = Collection(image_ns, lab_ns, scenario_ns)
+matrix_ns = _collection("matrix", {"do": matrix_dispatch, "run": matrix_run}, default="do")
+
+ns = Collection(image_ns, lab_ns, scenario_ns, matrix_ns)
 ns.configure({"lab": {}})

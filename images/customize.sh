@@ -40,6 +40,14 @@ echo "fentry-lab" > "$tree/etc/hostname"
 
 kernel=$(basename "$(ls "$tree"/boot/vmlinuz-* | sort | tail -n 1)")
 krel=${kernel#vmlinuz-}
+# Without udev nothing loads a driver for a device. Bullseye's 5.10 builds the virtio PCI
+# transport as a module that nothing else pulls in, so eth0 would never appear there.
+if grep -q '^CONFIG_VIRTIO_PCI=m' "$tree/boot/config-$krel"; then
+    echo virtio_pci > "$tree/etc/modules-load.d/fentry-lab-virtio.conf"
+fi
+# Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK (64 KiB for an SSH session) and
+# libbpf before 1.0 (bullseye's 0.3) does not raise it: lift it for sshd and its sessions.
+printf '[Service]\nLimitMEMLOCK=infinity\n' > "$tree/etc/systemd/system/ssh.service.d/memlock.conf"
 say "kernel $krel: fetching linux-image-$krel-dbg"
 chroot "$tree" sh -c "cd /tmp && apt-get -q -o APT::Sandbox::User=root download linux-image-$krel-dbg"
 deb=$(ls "$tree"/tmp/linux-image-"$krel"-dbg_*.deb)

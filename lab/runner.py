@@ -37,7 +37,7 @@ from lab.probes import (
     upload_sources,
 )
 from lab.results import ResultsBundle
-from lab.scenario import Scenario, Step
+from lab.scenario import Scenario, Step, kernel_version
 from lab.ssh import CommandResult, Session
 from lab.vm.base import Backend
 
@@ -149,6 +149,12 @@ class _Run:
         if image is None:
             raise LabError("The lab's image is gone from the cache; run `invoke image.build`.",
                            code=2)
+        # A scenario with per-kernel alternatives runs the one for the image's kernel.
+        resolved = self.scenario.for_kernel(kernel_version(image.kernel_release))
+        if resolved is not self.scenario:
+            console.say(f"kernel {image.kernel_release}: using {resolved.describe_variant()}")
+            self.scenario = resolved
+            self.live = {fn: {} for fn in resolved.collect.live_text}
         with self.phase("upload"):
             tarball = pack_sources(self.settings.bpf_dir)
             upload_sources(ssh, tarball)

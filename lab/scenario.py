@@ -18,7 +18,7 @@ import json
 import re
 import shlex
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
 from types import MappingProxyType
@@ -36,6 +36,8 @@ DEFAULT_EXIT: Final = 0
 DEFAULT_TIMEOUT: Final = 30
 DEFAULT_MIN: Final = 1
 LOADERS: Final = ("libbpf", "bcc")
+#: fentry/fexit exist since Linux 5.5: an alternative without 'min' still needs this.
+FENTRY_MIN_KERNEL: Final = (5, 5)
 
 #: Location of a node: mapping keys (str) and sequence indices (int).
 YamlPath = tuple[str | int, ...]
@@ -570,6 +572,58 @@ class Collect:
     bpftrace_lv: tuple[str, ...]
 
 
+def kernel_version(release: str) -> tuple[int, ...]:
+    """``6.12.117+deb13-cloud-amd64`` -> ``(6, 12, 117)``."""
+    return tuple(int(part) for part in re.findall(r"\d+", release.split("-")[0])[:3])
+
+
+def format_version(version: Sequence[int]) -> str:
+    return ".".join(str(part) for part in version)
+
+
+@dataclass(frozen=True)
+class KernelRange:
+    """Kernels from ``min`` (included) up to ``below`` (excluded); None leaves a side open."""
+
+    min: tuple[int, ...] | None = None
+    below: tuple[int, ...] | None = None
+
+    def contains(self, version: Sequence[int]) -> bool:
+        have = tuple(version)
+        return (self.min is None or have >= self.min) and (
+            self.below is None or have < self.below)
+
+    def overlaps(self, other: KernelRange) -> bool:
+        lowest = (0,)
+        starts = max(self.min or lowest, other.min or lowest)
+        ends = [end for end in (self.below, other.below) if end is not None]
+        return not ends or starts < min(ends)
+
+    def __str__(self) -> str:
+        if self.min and self.below:
+            return f"{format_version(self.min)} <= kernel < {format_version(self.below)}"
+        if self.below:
+            return f"kernel < {format_version(self.below)}"
+        return f"kernel >= {format_version(self.min or ())}"
+
+
+@dataclass(frozen=True)
+class Alternative:
+    """What a scenario probes on the kernels of one range (``requires.alternatives[i]``).
+
+    None for probes, events/trace (``expect``) or collect means: the scenario's own.
+    """
+
+    kernel: KernelRange
+    functions: tuple[str, ...]
+    reason: str
+    probes: tuple[Probe, ...] | None
+    events: tuple[EventExpectation, ...] | None
+    trace: tuple[str, ...] | None
+    collect: Collect | None
+    index: int
+
+
 @dataclass(frozen=True)
 class Scenario:
     name: str
@@ -582,6 +636,48 @@ class Scenario:
     trace: tuple[str, ...]
     collect: Collect
     path: Path
+    #: Per kernel range, other targets (``requires.alternatives``).
+    alternatives: tuple[Alternative, ...] = ()
+    #: Set on the scenario returned by :meth:`for_kernel` when an alternative applies.
+    variant: Alternative | None = None
+
+    @property
+    def target_functions(self) -> tuple[str, ...]:
+        """Every function the scenario may probe, on any kernel (main ones first)."""
+        found = list(self.requires.functions)
+        for alternative in self.alternatives:
+            found += [fn for fn in alternative.functions if fn not in found]
+        return tuple(found)
+
+    def alternative_for(self, version: Sequence[int]) -> Alternative | None:
+        return next((a for a in self.alternatives if a.kernel.contains(version)), None)
+
+    def for_kernel(self, version: Sequence[int]) -> Scenario:
+        """The scenario as it runs on a kernel of this version: its alternative applied.
+
+        Returns ``self`` when no alternative's range contains the version.
+        """
+        alternative = self.alternative_for(version)
+        if alternative is None:
+            return self
+        functions = alternative.functions
+        return replace(
+            self,
+            requires=Requires(kernel=alternative.kernel.min or FENTRY_MIN_KERNEL,
+                              functions=functions),
+            probes=alternative.probes if alternative.probes is not None else self.probes,
+            events=alternative.events if alternative.events is not None else self.events,
+            trace=alternative.trace if alternative.trace is not None else self.trace,
+            collect=alternative.collect or _default_collect({}, functions),
+            alternatives=(),
+            variant=alternative,
+        )
+
+    def describe_variant(self) -> str:
+        """``main`` or ``requires.alternatives[0] (kernel < 6.2)``."""
+        if self.variant is None:
+            return "main"
+        return f"requires.alternatives[{self.variant.index}] ({self.variant.kernel})"
 
 
 # --------------------------------------------------------------------------- loading
@@ -625,36 +721,79 @@ def _semantic_errors(
     if data["name"] != stem:
         yield doc.error(("name",), f"name {data['name']!r} must equal the file name stem {stem!r}")
 
-    probe_lines: dict[str, int] = {}
-    for index, probe in enumerate(data["probes"]):
-        name_path: YamlPath = ("probes", index, "name")
-        name = probe["name"]
-        if name in probe_lines:
-            first = probe_lines[name]
-            yield doc.error(name_path, f"duplicate probe name {name!r} (first at line {first})")
-        else:
-            probe_lines[name] = doc.line(name_path)
-        source: str = probe["source"]
-        loader = probe.get("loader", DEFAULT_LOADER)
-        wanted = "bcc" if source.endswith(".py") else "libbpf"
-        if loader != wanted:
-            kind = ".py" if wanted == "bcc" else ".bpf.c"
-            yield doc.error(
-                ("probes", index, "source"),
-                f"a {kind} source needs loader {wanted!r}, but the loader is {loader!r}",
-            )
+    probe_names: list[str] = []
+    yield from _probe_errors(data["probes"], ("probes",), doc, probe_names)
 
     for section in ("setup", "steps"):
         for index, step in enumerate(data.get(section, ())):
             if ("run" in step) == ("shell" in step):
                 yield doc.error((section, index), "needs exactly one of 'run' or 'shell'")
 
-    for index, event in enumerate(data.get("expect", {}).get("events", ())):
-        event_path: YamlPath = ("expect", "events", index)
-        if event["probe"] not in probe_lines:
+    yield from _event_errors(data.get("expect", {}), ("expect",), doc, probe_names)
+
+    ranges: list[KernelRange] = []
+    for index, alternative in enumerate(data["requires"].get("alternatives", ())):
+        where: YamlPath = ("requires", "alternatives", index)
+        kernel = _build_range(alternative["kernel"])
+        if kernel.min is None and kernel.below is None:
+            yield doc.error((*where, "kernel"), "needs 'min', 'below' or both")
+        elif kernel.min is not None and kernel.below is not None and kernel.min >= kernel.below:
+            yield doc.error(
+                (*where, "kernel"),
+                f"'min' {format_version(kernel.min)} is not below 'below' "
+                f"{format_version(kernel.below)}: the range is empty",
+            )
+        else:
+            for other, earlier in enumerate(ranges):
+                if kernel.overlaps(earlier):
+                    yield doc.error(
+                        (*where, "kernel"),
+                        f"overlaps requires.alternatives[{other}] ({earlier}): "
+                        "ranges may not overlap",
+                    )
+                    break
+        ranges.append(kernel)
+        names = probe_names
+        if "probes" in alternative:
+            names = []
+            yield from _probe_errors(alternative["probes"], (*where, "probes"), doc, names)
+        yield from _event_errors(alternative.get("expect", {}), (*where, "expect"), doc, names)
+
+
+def _probe_errors(
+    probes: Sequence[Mapping[str, Any]], where: YamlPath, doc: YamlDocument, names: list[str]
+) -> Iterator[ScenarioError]:
+    """Duplicate names and loaders that do not fit the source; fills ``names``."""
+    probe_lines: dict[str, int] = {}
+    for index, probe in enumerate(probes):
+        name_path: YamlPath = (*where, index, "name")
+        name = probe["name"]
+        if name in probe_lines:
+            first = probe_lines[name]
+            yield doc.error(name_path, f"duplicate probe name {name!r} (first at line {first})")
+        else:
+            probe_lines[name] = doc.line(name_path)
+            names.append(name)
+        source: str = probe["source"]
+        loader = probe.get("loader", DEFAULT_LOADER)
+        wanted = "bcc" if source.endswith(".py") else "libbpf"
+        if loader != wanted:
+            kind = ".py" if wanted == "bcc" else ".bpf.c"
+            yield doc.error(
+                (*where, index, "source"),
+                f"a {kind} source needs loader {wanted!r}, but the loader is {loader!r}",
+            )
+
+
+def _event_errors(
+    expect: Mapping[str, Any], where: YamlPath, doc: YamlDocument, probe_names: Sequence[str]
+) -> Iterator[ScenarioError]:
+    for index, event in enumerate(expect.get("events", ())):
+        event_path: YamlPath = (*where, "events", index)
+        if event["probe"] not in probe_names:
             yield doc.error(
                 (*event_path, "probe"),
-                f"unknown probe {event['probe']!r} (probes: {', '.join(probe_lines)})",
+                f"unknown probe {event['probe']!r} (probes: {', '.join(probe_names)})",
             )
         if "count" in event and "min" in event:
             yield doc.error(event_path, "use either 'count' or 'min', not both")
@@ -686,31 +825,69 @@ def _build_event(raw: Mapping[str, Any]) -> EventExpectation:
     )
 
 
+def _build_version(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split("."))
+
+
+def _build_range(raw: Mapping[str, Any]) -> KernelRange:
+    return KernelRange(
+        min=_build_version(raw["min"]) if "min" in raw else None,
+        below=_build_version(raw["below"]) if "below" in raw else None,
+    )
+
+
+def _build_probes(raw: Sequence[Mapping[str, Any]]) -> tuple[Probe, ...]:
+    return tuple(
+        Probe(name=p["name"], source=p["source"], loader=p.get("loader", DEFAULT_LOADER))
+        for p in raw
+    )
+
+
+def _default_collect(collect: Mapping[str, Any], functions: Sequence[str]) -> Collect:
+    return Collect(
+        objdump=tuple(collect.get("objdump", ("__fentry__", *functions))),
+        live_text=tuple(collect.get("live_text", functions)),
+        bpftrace_lv=tuple(collect.get("bpftrace_lv", functions)),
+    )
+
+
+def _build_alternative(raw: Mapping[str, Any], index: int) -> Alternative:
+    functions = tuple(raw["functions"])
+    expect: Mapping[str, Any] | None = raw.get("expect")
+    return Alternative(
+        kernel=_build_range(raw["kernel"]),
+        functions=functions,
+        reason=raw.get("reason", ""),
+        probes=_build_probes(raw["probes"]) if "probes" in raw else None,
+        events=None if expect is None else tuple(
+            _build_event(event) for event in expect.get("events", ())),
+        trace=None if expect is None else tuple(expect.get("trace", ())),
+        collect=_default_collect(raw["collect"], functions) if "collect" in raw else None,
+        index=index,
+    )
+
+
 def _build(data: Mapping[str, Any], path: Path) -> Scenario:
     requires = Requires(
-        kernel=tuple(int(part) for part in data["requires"]["kernel"].split(".")),
+        kernel=_build_version(data["requires"]["kernel"]),
         functions=tuple(data["requires"]["functions"]),
     )
-    collect: Mapping[str, Any] = data.get("collect", {})
     expect: Mapping[str, Any] = data.get("expect", {})
     return Scenario(
         name=data["name"],
         description=data["description"],
         requires=requires,
-        probes=tuple(
-            Probe(name=p["name"], source=p["source"], loader=p.get("loader", DEFAULT_LOADER))
-            for p in data["probes"]
-        ),
+        probes=_build_probes(data["probes"]),
         setup=tuple(_build_step(step) for step in data.get("setup", ())),
         steps=tuple(_build_step(step) for step in data["steps"]),
         events=tuple(_build_event(event) for event in expect.get("events", ())),
         trace=tuple(expect.get("trace", ())),
-        collect=Collect(
-            objdump=tuple(collect.get("objdump", ("__fentry__", *requires.functions))),
-            live_text=tuple(collect.get("live_text", requires.functions)),
-            bpftrace_lv=tuple(collect.get("bpftrace_lv", requires.functions)),
-        ),
+        collect=_default_collect(data.get("collect", {}), requires.functions),
         path=path,
+        alternatives=tuple(
+            _build_alternative(raw, index)
+            for index, raw in enumerate(data["requires"].get("alternatives", ()))
+        ),
     )
 
 
