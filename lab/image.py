@@ -144,7 +144,7 @@ class Image:
         return {str(k): str(v) for k, v in boot.items()}
 
 
-def _read_image(directory: Path) -> Image | None:
+def read_image(directory: Path) -> Image | None:
     manifest_path = directory / "manifest.json"
     if not manifest_path.is_file():
         return None
@@ -159,13 +159,13 @@ def find_image(settings: Settings, release: str | None = None) -> Image | None:
     """The cached image for the current recipe of a release, if built."""
     recipe = load_recipe(settings, release)
     keys = ensure_keys(settings.keys_dir)
-    return _read_image(image_directory(settings, recipe, keys))
+    return read_image(image_directory(settings, recipe, keys))
 
 
 def list_images(settings: Settings) -> list[Image]:
     if not settings.images_cache.is_dir():
         return []
-    found = (_read_image(d) for d in sorted(settings.images_cache.iterdir()) if d.is_dir())
+    found = (read_image(d) for d in sorted(settings.images_cache.iterdir()) if d.is_dir())
     return [img for img in found if img is not None]
 
 
@@ -378,14 +378,14 @@ def build_image(settings: Settings, release: str | None = None, *, force: bool =
     keys = ensure_keys(settings.keys_dir)
     digest = recipe_digest(recipe, keys)
     final = settings.images_cache / f"{recipe.release}-{digest[:12]}"
-    existing = _read_image(final)
+    existing = read_image(final)
     if existing and not force:
         console.say(f"image {final.name} is already built ({final})")
         return existing
     require_tools(HOST_TOOLS)
     settings.images_cache.mkdir(parents=True, exist_ok=True)
     with _locked(settings.images_cache / f".lock-{recipe.release}"):
-        existing = _read_image(final)
+        existing = read_image(final)
         if existing and not force:  # built by a concurrent builder while we waited
             return existing
         _remove_stale_builds(settings.images_cache)

@@ -22,7 +22,7 @@ from lab.btf_events import BtfError, EventDecoder
 from lab.config import Settings
 from lab.errors import LabError
 from lab.expect import Check, check_events, check_step, check_trace
-from lab.image import Image, find_image
+from lab.image import Image, find_image, read_image
 from lab.probes import (
     GUEST_BUILD,
     GUEST_SRC,
@@ -93,8 +93,9 @@ def run_scenario(settings: Settings, scenario: Scenario, backend: Backend) -> Ou
     try:
         with phases("lab"):
             target = backend.up()
+            booted = backend.status().image
         with Session(target) as ssh:
-            run.execute(ssh)
+            run.execute(ssh, read_image(Path(booted)) if booted else None)
     except ScenarioAborted as exc:
         error, exit_code = str(exc), exc.code
     except LabError as exc:
@@ -144,8 +145,9 @@ class _Run:
 
     # -- the run -------------------------------------------------------------------------
 
-    def execute(self, ssh: Session) -> None:
-        image = find_image(self.settings)
+    def execute(self, ssh: Session, booted: Image | None) -> None:
+        # The image the lab booted, even if the recipe changed since (and so its digest).
+        image = booted or find_image(self.settings)
         if image is None:
             raise LabError("The lab's image is gone from the cache; run `invoke image.build`.",
                            code=2)

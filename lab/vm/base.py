@@ -57,6 +57,7 @@ class LabStatus:
     pid: int
     ssh_port: int
     uptime_s: float
+    image: str = ""  # the image directory the running lab booted from
 
 
 class Backend(Protocol):

@@ -144,6 +144,7 @@ class QemuBackend:
             kernel_release=state.kernel_release, accel=state.accel,
             pid=state.pid if alive else 0, ssh_port=state.ssh_port if alive else 0,
             uptime_s=time.time() - state.started_at if alive else 0.0,
+            image=state.image if alive else "",
         )
 
     def ssh_target(self) -> SshTarget:
