@@ -61,7 +61,10 @@ def scenarios_table(scenarios_dir: Path) -> str:
     for path in list_scenarios(scenarios_dir):
         try:
             sc = load_scenario(path)
-            rows.append((sc.name, ", ".join(sc.requires.functions), sc.description))
+            functions = list(sc.requires.functions)
+            for alt in sc.alternatives:  # other targets on other kernels
+                functions += [fn for fn in alt.functions if fn not in functions]
+            rows.append((sc.name, ", ".join(functions), sc.description))
         except LabError as exc:
             rows.append((path.stem, "-", f"INVALID: {exc}"))
     return table(("SCENARIO", "FUNCTIONS", "DESCRIPTION"), rows)
