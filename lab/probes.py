@@ -82,6 +82,25 @@ def upload_sources(ssh: Session, tarball: bytes) -> None:
         raise LabError(f"Could not unpack the probe sources in the guest: {result.err}", code=2)
 
 
+def restore_build(ssh: Session, build_dir: str, cache: Path) -> None:
+    """Seed a fresh lab with probes built earlier for the same sources and kernel."""
+    if cache.exists():
+        ssh.run(f"[ -d {build_dir} ] || {{ mkdir -p {build_dir} && tar -x -C {build_dir}; }}",
+                stdin=cache.read_bytes(), timeout=60)
+
+
+def save_build(ssh: Session, build_dir: str, cache: Path) -> None:
+    """Keep what the guest built (not the 3 MB vmlinux.h, which the build no longer needs)."""
+    if cache.exists():
+        return
+    result = ssh.run(["tar", "-c", "--exclude=./vmlinux.h", "-C", build_dir, "."], timeout=60)
+    if result.exit_status == 0 and not result.stdout_dropped:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(".part")
+        tmp.write_bytes(result.stdout)
+        tmp.rename(cache)
+
+
 def fetch_btf(ssh: Session, remote: str, cache: Path) -> object:
     """The BTF (bpftool JSON) of a built object, cached on the host by its build key."""
     if not cache.exists():

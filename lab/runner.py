@@ -33,6 +33,8 @@ from lab.probes import (
     fetch_btf,
     object_stem,
     pack_sources,
+    restore_build,
+    save_build,
     start_loader,
     upload_sources,
 )
@@ -162,8 +164,12 @@ class _Run:
             upload_sources(ssh, tarball)
         key = build_key(tarball, image.kernel_release, str(image.manifest["recipe_digest"]))
         build_dir = f"{GUEST_BUILD}/{key}"
+        build_cache = self.settings.home / "builds" / f"{key}.tar"
         with self.phase("preflight+build"):
+            restore_build(ssh, build_dir, build_cache)
             report = self._prepare(ssh, image, build_dir)
+            if report["build"].get("cached") is False:
+                save_build(ssh, build_dir, build_cache)
         loaders: list[RunningLoader] = []
         try:
             with self.phase("setup"):

@@ -245,10 +245,15 @@ def _pump(channel: paramiko.Channel, out: _Collector, err: _Collector, deadline:
         channel.shutdown_write()
     while True:
         drained = False
-        if sent < len(stdin) and channel.send_ready():
-            sent += channel.send(stdin[sent:sent + 32768])
+        if sent < len(stdin) and (channel.exit_status_ready() or channel.closed):
+            sent = len(stdin)  # the command ended without reading all of its input
+        elif sent < len(stdin) and channel.send_ready():
+            try:
+                sent += channel.send(stdin[sent:sent + 32768])
+            except OSError:  # closed by the remote end meanwhile
+                sent = len(stdin)
             drained = True
-            if sent == len(stdin):
+            if sent == len(stdin) and not channel.closed:
                 channel.shutdown_write()
         while channel.recv_ready():
             out.add(channel.recv(65536))

@@ -174,6 +174,19 @@ def test_stdin_bytes_are_delivered(session: Session) -> None:
     assert result.stdout == payload
 
 
+def test_large_stdin_that_is_never_read(session: Session) -> None:
+    # The command exits without reading: the rest of stdin is dropped, not an error.
+    result = session.run("true", stdin=b"x" * 8_000_000, timeout=20)
+    assert result.exit_status == 0 and not result.timed_out
+
+
+def test_large_stdin_is_streamed_while_output_is_read(session: Session) -> None:
+    result = session.run(["cat"], stdin=b"y" * 20_000_000, timeout=60,
+                         max_output=1_000_000)
+    assert result.exit_status == 0
+    assert len(result.stdout) + result.stdout_dropped == 20_000_000
+
+
 def test_no_stdin_means_eof(session: Session) -> None:
     # Without stdin the channel's write side is shut, so `cat` ends at once.
     result = session.run(["cat"], timeout=10)
