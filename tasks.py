@@ -89,6 +89,23 @@ def image_verify(c: Context, release: str | None = None) -> None:
         print(f"image {image.directory.name}: all artefacts match the manifest")
 
 
+@task(help={"release": LAB_FLAGS["release"],
+            "force": "Make and add the box again even when Vagrant already has it",
+            "remove": "Remove the release's fentry-lab boxes and their libvirt volumes instead"})
+def image_box(c: Context, release: str | None = None, force: bool = False,
+              remove: bool = False) -> None:
+    """Turn the cached image into a Vagrant box (libvirt) and add it; then `vagrant up` works."""
+    from lab.box import make_box, remove_boxes
+
+    with friendly_errors():
+        settings = settings_from(c, release=release)
+        if remove:
+            for box in remove_boxes(settings):
+                print(f"removed {box.name}")
+            return
+        print(make_box(settings, force=force).name)
+
+
 # -- lab ---------------------------------------------------------------------------------
 
 
@@ -131,7 +148,14 @@ def lab_status(c: Context, name: str | None = None, backend: str | None = None) 
 
     with friendly_errors():
         settings = settings_from(c, backend=backend)
-        names = [name] if name else report.lab_names(settings)
+        if name:
+            names = [name]
+        elif settings.backend == "vagrant":
+            from lab.vm.vagrant import lab_names
+
+            names = lab_names(settings)
+        else:
+            names = report.lab_names(settings)
         statuses = [backend_for(settings_from(c, name=n, backend=backend)).status()
                     for n in names]
         print(report.status_table(statuses))
@@ -348,7 +372,7 @@ def _collection(name: str, tasks: dict[str, object], default: str | None = None)
 
 
 image_ns = _collection("image", {"build": image_build, "list": image_list,
-                                 "verify": image_verify})
+                                 "verify": image_verify, "box": image_box})
 lab_ns = _collection("lab", {"up": lab_up, "down": lab_down, "status": lab_status,
                              "ssh": lab_ssh, "logs": lab_logs, "destroy": lab_destroy})
 scenario_ns = _collection("scenario", {"do": scenario_dispatch, "run": scenario_run,

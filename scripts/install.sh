@@ -8,8 +8,11 @@ cd "$(dirname "$0")/.."
 # mmdebstrap, e2fsprogs, uidmap: building images without loop mounts
 # dpkg, binutils: extracting the debug vmlinux; objdump
 # openssh-client, openssh-server: ssh-keygen and `lab.ssh`; sshd for the SSH tests
+# vagrant, vagrant-libvirt, libvirt-daemon-system, dnsmasq-base: the Vagrant backend
+#   (dnsmasq-base is only recommended by libvirt, but its network needs it for DHCP)
 names=(qemu-system-x86 qemu-utils mmdebstrap e2fsprogs uidmap dpkg binutils openssh-client
-       openssh-server python3 python3-venv)
+       openssh-server python3 python3-venv
+       vagrant vagrant-libvirt libvirt-daemon-system dnsmasq-base)
 
 missing=()
 for pkg in "${names[@]}"; do

@@ -12,4 +12,8 @@ def backend_for(settings: Settings) -> Backend:
         from lab.vm.qemu import QemuBackend
 
         return QemuBackend(settings)
+    if settings.backend == "vagrant":
+        from lab.vm.vagrant import VagrantBackend
+
+        return VagrantBackend(settings)
     raise LabError(f"The {settings.backend!r} backend is not available yet; use --backend qemu.")

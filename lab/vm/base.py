@@ -2,14 +2,31 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from lab.errors import LabError
 from lab.ssh import SshTarget
+
+
+@contextlib.contextmanager
+def lab_lock(directory: Path, name: str) -> Iterator[None]:
+    """One command at a time may start or stop a lab; the others are told so at once."""
+    directory.mkdir(parents=True, exist_ok=True)
+    with (directory / "lock").open("w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise LabError(f"Another command is starting or stopping lab {name!r} right now; "
+                           "wait for it to finish.") from None
+        yield
 
 
 @dataclass

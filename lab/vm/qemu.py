@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import fcntl
 import os
 import re
 import shlex
@@ -18,7 +17,6 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 from lab import console
@@ -30,7 +28,7 @@ from lab.image import Image, build_image, find_image
 from lab.keys import ensure_keys
 from lab.procs import require_tools, run_checked
 from lab.ssh import Session, SshTarget
-from lab.vm.base import LabState, LabStatus
+from lab.vm.base import LabState, LabStatus, lab_lock
 
 QEMU = "qemu-system-x86_64"
 READY = re.compile(rb"fentry-lab: ready uptime=(\S+) kernel=(\S+) notes=([A-Za-z0-9+/=]+)\r?\n")
@@ -118,17 +116,8 @@ class QemuBackend:
     def _alive(self, state: LabState) -> bool:
         return pid_is_lab(state.pid, self.overlay)
 
-    @contextlib.contextmanager
-    def _lock(self) -> Iterator[None]:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        with (self.directory / "lock").open("w") as lock:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise LabError(f"Another command is starting or stopping lab "
-                               f"{self.settings.name!r} right now; wait for it to finish.") \
-                    from None
-            yield
+    def _lock(self) -> contextlib.AbstractContextManager[None]:
+        return lab_lock(self.directory, self.settings.name)
 
     def status(self) -> LabStatus:
         state = self._state()
