@@ -7,7 +7,6 @@ stays up and usable for the next run.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import datetime
 import json
@@ -77,7 +76,7 @@ class _Phases:
             self.times[name] = round(time.monotonic() - started, 3)
 
 
-def guest_command(step: Step, user: str) -> list[str]:
+def guest_command(step: Step) -> list[str]:
     """The argv that runs a step in the guest as its user (root's session runs runuser)."""
     if step.user == "root":
         return list(step.command)
@@ -281,7 +280,7 @@ class _Run:
                 "change the scenario's `requires`.")
 
     def _step(self, ssh: Session, step: Step, kind: str) -> CommandResult:
-        argv = guest_command(step, step.user)
+        argv = guest_command(step)
         result = ssh.run(argv, timeout=step.timeout)
         index = len(self.steps_log)
         for stream, data in (("stdout", result.stdout), ("stderr", result.stderr)):
@@ -372,7 +371,3 @@ def _bounded(data: bytes, dropped: int) -> str:
     if cut > 0:
         text += f"\n[fentry-lab: {cut} more bytes not shown]"
     return text
-
-
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()

@@ -12,7 +12,6 @@ import base64
 import contextlib
 import os
 import re
-import shlex
 import signal
 import socket
 import subprocess
@@ -367,6 +366,3 @@ class QemuBackend:
 
             shutil.rmtree(self.directory)
         console.say(f"lab {self.settings.name!r} destroyed")
-
-    def command_line(self) -> str:
-        return shlex.join(self._state().argv)
