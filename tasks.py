@@ -71,6 +71,19 @@ def image_list(c: Context) -> None:
         print(report.images_table(list_images(settings_from(c))))
 
 
+@task
+def image_prune(c: Context) -> None:
+    """Delete cached images that no current recipe builds and no lab uses."""
+    from lab.image import prune_images
+
+    with friendly_errors():
+        removed = prune_images(settings_from(c))
+        for path in removed:
+            print(f"removed {path}")
+        if not removed:
+            print("nothing to prune")
+
+
 @task(help={"release": LAB_FLAGS["release"]})
 def image_verify(c: Context, release: str | None = None) -> None:
     """Recompute the cached image's hashes and fail on any mismatch."""
@@ -372,7 +385,8 @@ def _collection(name: str, tasks: dict[str, object], default: str | None = None)
 
 
 image_ns = _collection("image", {"build": image_build, "list": image_list,
-                                 "verify": image_verify, "box": image_box})
+                                 "verify": image_verify, "box": image_box,
+                                 "prune": image_prune})
 lab_ns = _collection("lab", {"up": lab_up, "down": lab_down, "status": lab_status,
                              "ssh": lab_ssh, "logs": lab_logs, "destroy": lab_destroy})
 scenario_ns = _collection("scenario", {"do": scenario_dispatch, "run": scenario_run,

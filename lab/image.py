@@ -169,6 +169,24 @@ def list_images(settings: Settings) -> list[Image]:
     return [img for img in found if img is not None]
 
 
+def prune_images(settings: Settings) -> list[Path]:
+    """Delete cached images that no current recipe builds and no lab's disk is based on."""
+    keys = ensure_keys(settings.keys_dir)
+    keep = {image_directory(settings, load_recipe(settings, release), keys)
+            for release in known_releases(settings.images_dir)}
+    if settings.labs_dir.is_dir():
+        for state in settings.labs_dir.glob("*/state.json"):
+            used = json.loads(state.read_text()).get("image")
+            if used:
+                keep.add(Path(used))
+    removed = []
+    for image in list_images(settings):
+        if image.directory not in keep:
+            shutil.rmtree(image.directory)
+            removed.append(image.directory)
+    return removed
+
+
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as f:

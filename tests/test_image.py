@@ -74,6 +74,21 @@ def test_recipe_digest_follows_inputs_and_keys(tmp_path: Path) -> None:
     assert recipe_digest(recipe, other_keys) != first
 
 
+def test_prune_keeps_current_and_used_images(tmp_path: Path) -> None:
+    settings = scratch_settings(tmp_path)
+    current = image_mod.image_directory(settings, load_recipe(settings, "trixie"),
+                                        ensure_keys(settings.keys_dir))
+    used = settings.images_cache / "trixie-0123456789ab"
+    old = settings.images_cache / "trixie-ba9876543210"
+    for directory in (current, used, old):
+        fake_image(directory)
+    lab = settings.labs_dir / "x"
+    lab.mkdir(parents=True)
+    (lab / "state.json").write_text(json.dumps({"name": "x", "image": str(used)}))
+    assert image_mod.prune_images(settings) == [old]
+    assert current.exists() and used.exists() and not old.exists()
+
+
 def test_keys_are_private(tmp_path: Path) -> None:
     keys = ensure_keys(tmp_path / "keys")
     for path in (keys.client_private, keys.host_private):
