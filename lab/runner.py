@@ -158,6 +158,17 @@ class _Run:
             console.say(f"kernel {image.kernel_release}: using {resolved.describe_variant()}")
             self.scenario = resolved
             self.live = {fn: {} for fn in resolved.collect.live_text}
+        repo = self.settings.bpf_dir.parent
+        for probe in self.scenario.probes:
+            if not (repo / probe.source).is_file():
+                raise ScenarioAborted(
+                    f"Probe {probe.name!r}: its source {probe.source} does not exist (relative "
+                    f"to {repo}). Probe sources live under bpf/; fix `source` in "
+                    f"{self.scenario.path.name}.")
+            if not probe.source.startswith("bpf/"):
+                raise ScenarioAborted(
+                    f"Probe {probe.name!r}: {probe.source} is outside bpf/, which is what is "
+                    "built and sent to the guest; move it under bpf/.")
         with self.phase("upload"):
             tarball = pack_sources(self.settings.bpf_dir)
             upload_sources(ssh, tarball)

@@ -220,6 +220,16 @@ def test_absent_function_stops_at_preflight(lab: Cli, tmp_path: Path) -> None:
     assert summary(cli, "acl-absent")["status"] == "error"
 
 
+def test_missing_probe_source_is_named(lab: Cli, tmp_path: Path) -> None:
+    cli = lab
+    text = SEED.read_text().replace("source: bpf/acl/fentry.bpf.c",
+                                    "source: bpf/acl/nope.bpf.c")
+    run = cli("scenario", "run", str(cli.scenario_file(tmp_path, "acl-nope", text)))
+    assert run.returncode == 1
+    assert "its source bpf/acl/nope.bpf.c does not exist" in run.stdout
+    assert summary(cli, "acl-nope")["status"] == "error"
+
+
 def test_verifier_rejection_shows_the_log(lab: Cli, tmp_path: Path) -> None:
     cli = lab
     text = SEED.read_text().replace("source: bpf/acl/fentry.bpf.c",
