@@ -334,6 +334,21 @@ def test_guest_that_never_gets_ready_times_out(other_lab: Cli) -> None:
     assert other_lab("lab.status", "--name", other_lab.name).stdout.split()[-1] == "down"
 
 
+def test_ctrl_c_during_up_stops_qemu(other_lab: Cli) -> None:
+    proc = subprocess.Popen([INVOKE, "lab.up"], cwd=REPO, env=other_lab.env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not qemu_pids(str(other_lab.lab_dir)) and time.monotonic() < deadline:
+        time.sleep(0.1)  # wait until qemu runs, then interrupt the boot wait
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "interrupted" in err
+    assert not qemu_pids(str(other_lab.lab_dir))
+    assert other_lab("lab.status", "--name", other_lab.name).stdout.split()[-1] == "down"
+
+
 def test_taken_port_is_replaced(other_lab: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
     import socket
 
