@@ -45,6 +45,7 @@ from lab.runner import Outcome
 from lab.scenario import load_scenario
 from lab.ssh import SshTarget
 from lab.vm.base import LabStatus
+from lab.vm.qemu import processes_of as qemu_pids
 
 REPO = Path(__file__).resolve().parent.parent
 RECORDED = REPO / "tests" / "data" / "matrix" / "acl-portable"
@@ -500,16 +501,6 @@ def test_cli_matrix_words_and_errors(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- real VMs
 
 
-def qemu_pids(marker: str) -> list[int]:
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                if marker.encode() in (proc / "cmdline").read_bytes():
-                    pids.append(int(proc.name))
-            except OSError:
-                continue
-    return pids
 
 
 @pytest.fixture

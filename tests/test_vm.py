@@ -22,6 +22,7 @@ import pytest
 from lab.config import load_settings
 from lab.errors import LabError
 from lab.ssh import Session
+from lab.vm.qemu import processes_of as qemu_pids
 
 pytestmark = pytest.mark.vm
 
@@ -30,17 +31,6 @@ INVOKE = str(Path(sys.executable).parent / "invoke")
 SEED = REPO / "scenarios" / "acl-basic.yaml"
 
 
-def qemu_pids(marker: str) -> list[int]:
-    """PIDs of processes whose command line contains marker (a lab's directory)."""
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                if marker.encode() in (proc / "cmdline").read_bytes():
-                    pids.append(int(proc.name))
-            except OSError:
-                continue
-    return pids
 
 
 class Cli:

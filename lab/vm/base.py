@@ -12,8 +12,21 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from lab import console
+from lab.accel import Accel, choose_accel
+from lab.config import Settings
 from lab.errors import LabError
+from lab.image import Image, build_image, find_image
 from lab.ssh import SshTarget
+
+
+def accel_and_image(settings: Settings, emulated: str) -> tuple[Accel, Image]:
+    """The accelerator first (an unusable --accel kvm fails before any image build), with
+    a notice when running emulated, then the image (built if missing)."""
+    accel = choose_accel(settings.accel)
+    if accel.name == "tcg":
+        console.say(f"no usable KVM ({accel.reason}): {emulated}, expect a slower lab")
+    return accel, find_image(settings) or build_image(settings)
 
 
 @contextlib.contextmanager

@@ -19,15 +19,15 @@ import time
 from pathlib import Path
 
 from lab import console
-from lab.accel import Accel, choose_accel
+from lab.accel import Accel
 from lab.buildid import build_id_from_notes
 from lab.config import Settings
 from lab.errors import LabError
-from lab.image import Image, build_image, find_image
+from lab.image import Image
 from lab.keys import ensure_keys
 from lab.procs import require_tools, run_checked
 from lab.ssh import Session, SshTarget
-from lab.vm.base import LabState, LabStatus, lab_lock
+from lab.vm.base import LabState, LabStatus, accel_and_image, lab_lock
 
 QEMU = "qemu-system-x86_64"
 READY = re.compile(rb"fentry-lab: ready uptime=(\S+) kernel=(\S+) notes=([A-Za-z0-9+/=]+)\r?\n")
@@ -73,6 +73,20 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def processes_of(marker: Path | str) -> list[int]:
+    """PIDs of the processes whose command line contains marker (a lab's directory)."""
+    needle = str(marker).encode()
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if needle in (proc / "cmdline").read_bytes():
+                    pids.append(int(proc.name))
+            except OSError:
+                continue
+    return pids
 
 
 def pid_is_lab(pid: int, marker: Path) -> bool:
@@ -160,12 +174,7 @@ class QemuBackend:
             if state.pid:
                 console.warn(f"lab {self.settings.name!r}: its qemu (pid {state.pid}) died; "
                              "starting it again")
-            # Before the image: an unusable --accel kvm must fail fast, not after a build.
-            accel = choose_accel(self.settings.accel)
-            if accel.name == "tcg":
-                console.say(f"no usable KVM ({accel.reason}): running emulated under TCG, "
-                            "expect a slower lab")
-            image = find_image(self.settings) or build_image(self.settings)
+            accel, image = accel_and_image(self.settings, "running emulated under TCG")
             self._prepare_overlay(image, state)
             return self._boot(image, accel)
 

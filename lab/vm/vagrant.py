@@ -48,7 +48,7 @@ from lab.box import (
 from lab.buildid import build_id_from_notes
 from lab.config import REPO_ROOT, Settings
 from lab.errors import LabError
-from lab.image import Image, build_image, find_image
+from lab.image import Image, find_image
 from lab.keys import ensure_keys
 from lab.ssh import Session, SshTarget
 from lab.vagrant_host import (
@@ -68,7 +68,7 @@ from lab.vagrant_host import (
     socket_answers,
     virsh_ok,
 )
-from lab.vm.base import LabState, LabStatus, lab_lock
+from lab.vm.base import LabState, LabStatus, accel_and_image, lab_lock
 from lab.vm.qemu import BOOT_TIMEOUT_S, FATAL
 
 VAGRANT = "vagrant"
@@ -470,11 +470,7 @@ class VagrantBackend:
             if state.pid:
                 console.warn(f"lab {self.settings.name!r}: its domain {self.domain} stopped; "
                              "starting it again")
-            accel = choose_accel(self.settings.accel)
-            if accel.name == "tcg":
-                console.say(f"no usable KVM ({accel.reason}): libvirt driver \"qemu\" (TCG), "
-                            "expect a slower lab")
-            image = find_image(self.settings) or build_image(self.settings)
+            accel, image = accel_and_image(self.settings, 'libvirt driver "qemu" (TCG)')
             _require_dhcp_client(image)
             box = add_box(self.settings, image)
             if self._machine_known() and state.box and state.box != box.name:
