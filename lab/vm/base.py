@@ -67,6 +67,12 @@ class LabState:
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         return cls(**known)
 
+    def label(self, running: bool) -> str:
+        """up; dead when the state says running but the VM is gone; else down."""
+        if running:
+            return "up"
+        return "dead" if self.pid else "down"
+
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".state-")

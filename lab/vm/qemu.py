@@ -135,14 +135,8 @@ class QemuBackend:
     def status(self) -> LabStatus:
         state = self._state()
         alive = self._alive(state)
-        if alive:
-            label = "up"
-        elif state.pid:
-            label = "dead"  # the state says running but its qemu is gone
-        else:
-            label = "down"
         return LabStatus(
-            name=state.name, backend=self.name, state=label, release=state.release,
+            name=state.name, backend=self.name, state=state.label(alive), release=state.release,
             kernel_release=state.kernel_release, accel=state.accel,
             pid=state.pid if alive else 0, ssh_port=state.ssh_port if alive else 0,
             uptime_s=time.time() - state.started_at if alive else 0.0,

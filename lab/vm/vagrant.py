@@ -315,14 +315,8 @@ class VagrantBackend:
     def status(self) -> LabStatus:
         state = self._state()
         running = self._running()
-        if running:
-            label = "up"
-        elif state.pid:
-            label = "dead"  # the state says running but the domain is not
-        else:
-            label = "down"
         return LabStatus(
-            name=self.settings.name, backend=self.name, state=label,
+            name=self.settings.name, backend=self.name, state=state.label(running),
             release=state.release, kernel_release=state.kernel_release, accel=state.accel,
             pid=qemu_pid(self.domain) if running else 0,
             ssh_port=state.ssh_port if running else 0,
