@@ -20,6 +20,16 @@ from lab.image import Image, build_image, find_image
 from lab.ssh import SshTarget
 
 
+def serial_tail(path: Path, lines: int = 25) -> str:
+    """The last lines of a serial log, indented, for an error message about a boot."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return " "
+    shown = "\n".join(f"    {line}" for line in text.splitlines()[-lines:])
+    return f"\n  Last lines of the serial log ({path}):\n{shown}\n  "
+
+
 def accel_and_image(settings: Settings, emulated: str) -> tuple[Accel, Image]:
     """The accelerator first (an unusable --accel kvm fails before any image build), with
     a notice when running emulated, then the image (built if missing)."""

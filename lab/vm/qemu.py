@@ -27,7 +27,7 @@ from lab.image import Image
 from lab.keys import ensure_keys
 from lab.procs import require_tools, run_checked
 from lab.ssh import Session, SshTarget
-from lab.vm.base import LabState, LabStatus, accel_and_image, lab_lock
+from lab.vm.base import LabState, LabStatus, accel_and_image, lab_lock, serial_tail
 
 QEMU = "qemu-system-x86_64"
 READY = re.compile(rb"fentry-lab: ready uptime=(\S+) kernel=(\S+) notes=([A-Za-z0-9+/=]+)\r?\n")
@@ -264,13 +264,8 @@ class QemuBackend:
             ticker.tick("still booting")
             time.sleep(0.05)
 
-    def _tail(self, lines: int = 25) -> str:
-        try:
-            text = self.serial_log().read_text(errors="replace")
-        except OSError:
-            return " "
-        tail = "\n".join(f"    {line}" for line in text.splitlines()[-lines:])
-        return f"\n  Last lines of the serial log ({self.serial_log()}):\n{tail}\n  "
+    def _tail(self) -> str:
+        return serial_tail(self.serial_log())
 
     @staticmethod
     def _check_kernel(ready: re.Match[bytes], image: Image) -> None:

@@ -68,7 +68,7 @@ from lab.vagrant_host import (
     socket_answers,
     virsh_ok,
 )
-from lab.vm.base import LabState, LabStatus, accel_and_image, lab_lock
+from lab.vm.base import LabState, LabStatus, accel_and_image, lab_lock, serial_tail
 from lab.vm.qemu import BOOT_TIMEOUT_S, FATAL
 
 VAGRANT = "vagrant"
@@ -437,13 +437,8 @@ class VagrantBackend:
         except OSError:
             return b""
 
-    def _tail(self, lines: int = 25) -> str:
-        try:
-            text = self.serial_log().read_text(errors="replace")
-        except OSError:
-            return "\n  "
-        shown = "\n".join(f"    {line}" for line in text.splitlines()[-lines:])
-        return f"\n  Last lines of the serial log ({self.serial_log()}):\n{shown}\n  "
+    def _tail(self) -> str:
+        return serial_tail(self.serial_log())
 
     def _machine_known(self) -> bool:
         """Vagrant has this machine in the checkout's .vagrant (it made the domain)."""
