@@ -16,7 +16,7 @@ from invoke.exceptions import Exit
 from invoke.parser.argument import Argument
 from invoke.tasks import Task, task
 
-from lab import report
+from lab import views as report
 from lab.config import Settings, load_settings
 from lab.errors import LabError
 
@@ -55,7 +55,7 @@ def friendly_errors(interrupt_code: int = 130) -> Iterator[None]:
 def image_build(c: Context, release: str | None = None, force: bool = False,
                 mirror: str | None = None) -> None:
     """Build (or reuse) the lab image for a release."""
-    from lab.image import build_image
+    from lab.image.build import build_image
 
     with friendly_errors():
         image = build_image(settings_from(c, release=release, mirror=mirror), force=force)
@@ -65,7 +65,7 @@ def image_build(c: Context, release: str | None = None, force: bool = False,
 @task
 def image_list(c: Context) -> None:
     """List the cached images."""
-    from lab.image import list_images
+    from lab.image.build import list_images
 
     with friendly_errors():
         print(report.images_table(list_images(settings_from(c))))
@@ -74,7 +74,7 @@ def image_list(c: Context) -> None:
 @task
 def image_prune(c: Context) -> None:
     """Delete cached images that no current recipe builds and no lab uses."""
-    from lab.image import prune_images
+    from lab.image.build import prune_images
 
     with friendly_errors():
         removed = prune_images(settings_from(c))
@@ -87,7 +87,7 @@ def image_prune(c: Context) -> None:
 @task(help={"release": LAB_FLAGS["release"]})
 def image_verify(c: Context, release: str | None = None) -> None:
     """Recompute the cached image's hashes and fail on any mismatch."""
-    from lab.image import find_image, verify_image
+    from lab.image.build import find_image, verify_image
 
     with friendly_errors():
         settings = settings_from(c, release=release)
@@ -108,7 +108,7 @@ def image_verify(c: Context, release: str | None = None) -> None:
 def image_box(c: Context, release: str | None = None, force: bool = False,
               remove: bool = False) -> None:
     """Turn the cached image into a Vagrant box (libvirt) and add it; then `vagrant up` works."""
-    from lab.box import make_box, remove_boxes
+    from lab.vm.vagrant.box import make_box, remove_boxes
 
     with friendly_errors():
         settings = settings_from(c, release=release)
@@ -164,7 +164,7 @@ def lab_status(c: Context, name: str | None = None, backend: str | None = None) 
         if name:
             names = [name]
         elif settings.backend == "vagrant":
-            from lab.vm.vagrant import lab_names
+            from lab.vm.vagrant.backend import lab_names
 
             names = lab_names(settings)
         else:
@@ -219,8 +219,8 @@ def scenario_run(c: Context, scenario: str, name: str | None = None,
                  accel: str | None = None, cpus: int | None = None,
                  memory: int | None = None) -> None:
     """Run a scenario on the lab (brought up if needed) and check its expectations."""
-    from lab.runner import run_scenario
-    from lab.scenario import find_scenario, load_scenario
+    from lab.run.runner import run_scenario
+    from lab.scenario.model import find_scenario, load_scenario
     from lab.vm import backend_for
 
     with friendly_errors():
@@ -246,7 +246,7 @@ def scenario_list(c: Context) -> None:
 @task(positional=["scenario"], help={"scenario": "Scenario name or file"})
 def scenario_validate(c: Context, scenario: str) -> None:
     """Check a scenario against the schema; exit 1 with file:line: path: message if invalid."""
-    from lab.scenario import find_scenario, load_scenario
+    from lab.scenario.model import find_scenario, load_scenario
 
     with friendly_errors():
         settings = settings_from(c)
@@ -261,7 +261,7 @@ def scenario_validate(c: Context, scenario: str) -> None:
 @task(positional=["scenario"], help={"scenario": "Scenario name or file"})
 def scenario_show(c: Context, scenario: str) -> None:
     """Print a scenario's file."""
-    from lab.scenario import find_scenario
+    from lab.scenario.model import find_scenario
 
     with friendly_errors():
         path = find_scenario(scenario, settings_from(c).scenarios_dir)
@@ -346,8 +346,8 @@ def matrix_run(c: Context, scenario: str, releases: str | None = None, jobs: int
                keep: bool = False, accel: str | None = None, cpus: int | None = None,
                memory: int | None = None) -> None:
     """Run a scenario on several Debian kernels and write a side-by-side table."""
-    from lab.matrix import parse_releases, run_matrix
-    from lab.scenario import find_scenario, load_scenario
+    from lab.matrix.orchestrate import parse_releases, run_matrix
+    from lab.scenario.model import find_scenario, load_scenario
 
     with friendly_errors():
         settings = settings_from(c, accel=accel, cpus=cpus, memory=memory)

@@ -24,9 +24,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from lab.accel import choose_accel  # noqa: E402
 from lab.config import load_settings  # noqa: E402
-from lab.image import build_image  # noqa: E402
+from lab.image.build import build_image  # noqa: E402
+from lab.vm.accel import choose_accel  # noqa: E402
 from lab.vm.qemu import READY, free_port, qemu_argv  # noqa: E402
 
 INVOKE = str(Path(sys.executable).parent / "invoke")

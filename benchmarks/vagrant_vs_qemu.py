@@ -26,8 +26,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from lab.box import make_box  # noqa: E402
 from lab.config import load_settings  # noqa: E402
+from lab.vm.vagrant.box import make_box  # noqa: E402
 
 INVOKE = str(Path(sys.executable).parent / "invoke")
 

@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from lab.config import load_settings  # noqa: E402
-from lab.image import ARTEFACTS, Image, build_image  # noqa: E402
+from lab.image.build import ARTEFACTS, Image, build_image  # noqa: E402
 
 
 def build_in(home: Path, keys: Path, release: str) -> Image:

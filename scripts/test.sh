@@ -7,5 +7,7 @@ echo "fentry-lab: ruff" >&2
 .venv/bin/ruff check .
 echo "fentry-lab: mypy" >&2
 .venv/bin/mypy
+echo "fentry-lab: import layers (lint-imports)" >&2
+.venv/bin/lint-imports --no-cache
 echo "fentry-lab: pytest" >&2
 exec .venv/bin/python -m pytest "$@"

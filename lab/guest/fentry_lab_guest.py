@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from buildid import (  # type: ignore[import-not-found]
+from elf import (  # type: ignore[import-not-found]
     build_id_from_elf,
     build_id_from_notes,
 )

@@ -13,7 +13,7 @@ def backend_for(settings: Settings) -> Backend:
 
         return QemuBackend(settings)
     if settings.backend == "vagrant":
-        from lab.vm.vagrant import VagrantBackend
+        from lab.vm.vagrant.backend import VagrantBackend
 
         return VagrantBackend(settings)
     raise LabError(f"The {settings.backend!r} backend is not available yet; use --backend qemu.")

@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Protocol
 
 from lab import console
-from lab.accel import Accel, choose_accel
 from lab.config import Settings
 from lab.errors import LabError
-from lab.image import Image, build_image, find_image
+from lab.image.build import Image, build_image, find_image
 from lab.ssh import SshTarget
+from lab.vm.accel import Accel, choose_accel
 
 
 def serial_tail(path: Path, lines: int = 25) -> str:

@@ -19,14 +19,14 @@ import time
 from pathlib import Path
 
 from lab import console
-from lab.accel import Accel
-from lab.buildid import build_id_from_notes
 from lab.config import Settings
+from lab.elf import build_id_from_notes
 from lab.errors import LabError
-from lab.image import Image
-from lab.keys import ensure_keys
-from lab.procs import require_tools, run_checked
+from lab.host import require_tools, run_checked
+from lab.image.build import Image
+from lab.image.keys import ensure_keys
 from lab.ssh import Session, SshTarget
+from lab.vm.accel import Accel
 from lab.vm.base import LabState, LabStatus, accel_and_image, lab_lock, serial_tail
 
 QEMU = "qemu-system-x86_64"
