@@ -1,14 +1,18 @@
-"""Running host commands: argv lists only, output streamed or captured, clear failures."""
+"""The host: commands (argv lists only, output streamed or captured, clear failures),
+tools, and file locks."""
 
 from __future__ import annotations
 
 import collections
+import contextlib
+import fcntl
 import os
 import shutil
 import subprocess
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
+from lab import console
 from lab.errors import LabError
 
 
@@ -79,3 +83,23 @@ def run_checked(argv: Sequence[str], *, what: str, env: Mapping[str, str] | None
         detail = (proc.stderr or proc.stdout).strip()[-2000:]
         raise LabError(f"{what} failed (exit {proc.returncode}): {detail}")
     return proc.stdout
+
+
+@contextlib.contextmanager
+def file_lock(path: Path, *, busy: str, wait: bool) -> Iterator[None]:
+    """Hold an exclusive flock on path for the block.
+
+    When another process holds it: with wait, say `busy` once and wait for it; without,
+    raise LabError(busy) at once. The kernel drops the lock when its holder dies, however
+    it dies, so a killed command never leaves a lab or an image locked.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if not wait:
+                raise LabError(busy) from None
+            console.say(busy)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        yield

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import datetime
 import email.utils
-import fcntl
 import hashlib
 import json
 import os
@@ -23,7 +22,6 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,7 +31,7 @@ from lab import console
 from lab.config import Settings
 from lab.elf import build_id_from_elf
 from lab.errors import LabError
-from lab.host import require_tools, run_checked, run_streamed, tool_path
+from lab.host import file_lock, require_tools, run_checked, run_streamed, tool_path
 from lab.image.keys import LabKeys, ensure_keys
 
 HOST_TOOLS = {
@@ -210,18 +208,6 @@ def verify_image(image: Image) -> list[str]:
             problems.append(f"{name}: sha256 {actual} differs from the manifest's "
                             f"{expected['sha256']}")
     return problems
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            console.say(f"another build holds {path}; waiting for it")
-            fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
 
 
 def _mirror_release_date(recipe: Recipe) -> int:
@@ -408,7 +394,8 @@ def build_image(settings: Settings, release: str | None = None, *, force: bool =
         return existing
     require_tools(HOST_TOOLS)
     settings.images_cache.mkdir(parents=True, exist_ok=True)
-    with _locked(settings.images_cache / f".lock-{recipe.release}"):
+    with file_lock(settings.images_cache / f".lock-{recipe.release}", wait=True,
+                   busy=f"another build of the {recipe.release} image is running; waiting for it"):
         existing = read_image(final)
         if existing and not force:  # built by a concurrent builder while we waited
             return existing

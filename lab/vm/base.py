@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import tempfile
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 from lab import console
 from lab.config import Settings
-from lab.errors import LabError
+from lab.host import file_lock
 from lab.image.build import Image, build_image, find_image
 from lab.ssh import SshTarget
 from lab.vm.accel import Accel, choose_accel
@@ -39,17 +37,11 @@ def accel_and_image(settings: Settings, emulated: str) -> tuple[Accel, Image]:
     return accel, find_image(settings) or build_image(settings)
 
 
-@contextlib.contextmanager
-def lab_lock(directory: Path, name: str) -> Iterator[None]:
+def lab_lock(directory: Path, name: str) -> contextlib.AbstractContextManager[None]:
     """One command at a time may start or stop a lab; the others are told so at once."""
-    directory.mkdir(parents=True, exist_ok=True)
-    with (directory / "lock").open("w") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise LabError(f"Another command is starting or stopping lab {name!r} right now; "
-                           "wait for it to finish.") from None
-        yield
+    return file_lock(directory / "lock", wait=False,
+                     busy=f"Another command is starting or stopping lab {name!r} right now; "
+                          "wait for it to finish.")
 
 
 @dataclass
