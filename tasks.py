@@ -220,7 +220,7 @@ def scenario_run(c: Context, scenario: str, name: str | None = None,
                  memory: int | None = None) -> None:
     """Run a scenario on the lab (brought up if needed) and check its expectations."""
     from lab.run.runner import run_scenario
-    from lab.scenario.model import find_scenario, load_scenario
+    from lab.scenario.load import find_scenario, load_scenario
     from lab.vm import backend_for
 
     with friendly_errors():
@@ -246,7 +246,7 @@ def scenario_list(c: Context) -> None:
 @task(positional=["scenario"], help={"scenario": "Scenario name or file"})
 def scenario_validate(c: Context, scenario: str) -> None:
     """Check a scenario against the schema; exit 1 with file:line: path: message if invalid."""
-    from lab.scenario.model import find_scenario, load_scenario
+    from lab.scenario.load import find_scenario, load_scenario
 
     with friendly_errors():
         settings = settings_from(c)
@@ -261,7 +261,7 @@ def scenario_validate(c: Context, scenario: str) -> None:
 @task(positional=["scenario"], help={"scenario": "Scenario name or file"})
 def scenario_show(c: Context, scenario: str) -> None:
     """Print a scenario's file."""
-    from lab.scenario.model import find_scenario
+    from lab.scenario.load import find_scenario
 
     with friendly_errors():
         path = find_scenario(scenario, settings_from(c).scenarios_dir)
@@ -347,7 +347,7 @@ def matrix_run(c: Context, scenario: str, releases: str | None = None, jobs: int
                memory: int | None = None) -> None:
     """Run a scenario on several Debian kernels and write a side-by-side table."""
     from lab.matrix.orchestrate import parse_releases, run_matrix
-    from lab.scenario.model import find_scenario, load_scenario
+    from lab.scenario.load import find_scenario, load_scenario
 
     with friendly_errors():
         settings = settings_from(c, accel=accel, cpus=cpus, memory=memory)

@@ -55,7 +55,7 @@ def status_table(statuses: Sequence[LabStatus]) -> str:
 
 
 def scenarios_table(scenarios_dir: Path) -> str:
-    from lab.scenario.model import list_scenarios, load_scenario
+    from lab.scenario.load import list_scenarios, load_scenario
 
     rows = []
     for path in list_scenarios(scenarios_dir):
