@@ -97,15 +97,16 @@ def parse_yaml(text: str, filename: str) -> YamlDocument:
     documents over the limits are errors.  Every problem is a :class:`ScenarioError`.
     """
     name = Path(filename).name
-    loader = _LimitedLoader(text)
     try:
-        root = loader.get_single_node()
+        loader = _LimitedLoader(text)  # the reader checks the characters here
+        try:
+            root = loader.get_single_node()
+        finally:
+            loader.dispose()
     except yaml.YAMLError as exc:
         raise _yaml_error(name, text, exc) from None
     except _Limit as exc:
         raise ScenarioError(name, exc.line, "", f"refused YAML: {exc.message}") from None
-    finally:
-        loader.dispose()
     if root is None:
         return YamlDocument(None, {(): 1}, {}, name)
     converter = _Converter(name, text)
