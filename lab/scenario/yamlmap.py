@@ -69,6 +69,14 @@ class _LimitedLoader(yaml.SafeLoader):
         self._depth = 0
         self._aliases = 0
 
+    def fetch_flow_collection_start(self, token_class: type[yaml.Token]) -> None:
+        # The scanner reads a flow collection's '[' / '{' ahead of the composer (in
+        # quadratic time), so flow nesting is limited here, where it is read.
+        if self.flow_level >= MAX_DEPTH:
+            line = self.get_mark().line + 1
+            raise _Limit(line, f"nested deeper than {MAX_DEPTH} levels")
+        super().fetch_flow_collection_start(token_class)
+
     def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
         line = self.peek_event().start_mark.line + 1  # type: ignore[no-untyped-call]
         if self.check_event(yaml.AliasEvent):

@@ -53,6 +53,8 @@ def _bomb(levels: int, width: int) -> str:
 @pytest.mark.parametrize(("text", "message"), [
     ("a: " + "[" * 1000 + "]" * 1000 + "\n",
      "demo.yaml:1: refused YAML: nested deeper than 64 levels"),
+    ("a: " + "[{a: " * 200_000,  # just under 1 MiB, scanned ahead by PyYAML: refused early
+     "demo.yaml:1: refused YAML: nested deeper than 64 levels"),
     ("".join("  " * i + f"k{i}:\n" for i in range(100)) + "  " * 100 + "v\n",
      "demo.yaml:64: refused YAML: nested deeper than 64 levels"),
     ("a: &a x\nb: [" + ", ".join(["*a"] * 101) + "]\n",
