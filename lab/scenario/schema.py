@@ -110,7 +110,7 @@ def _check_keys(value: object, path: YamlPath, doc: YamlDocument) -> None:
     if isinstance(value, dict):
         for key, item in value.items():
             if not isinstance(key, str):
-                raise doc.error(path, f"unknown key {key!r}: keys are names such as 'steps'",
+                raise doc.error(path, f"unknown key {key!r}: keys are names, not {_describe(key)}",
                                 line=doc.key_line(path, key))
             _check_keys(item, (*path, key), doc)
     elif isinstance(value, list):

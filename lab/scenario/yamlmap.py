@@ -27,6 +27,8 @@ MAX_NODES: Final = 100_000
 _MAP_TAG: Final = "tag:yaml.org,2002:map"
 _SEQ_TAG: Final = "tag:yaml.org,2002:seq"
 _MERGE_TAG: Final = "tag:yaml.org,2002:merge"
+_DEPTH_MESSAGE: Final = (f"nested deeper than {MAX_DEPTH} levels; a scenario needs fewer "
+                         "than 10")
 #: What YAML counts as a line break (so line numbers agree with PyYAML's marks).
 _BREAKS: Final = re.compile("\r\n|[\r\n\x85\u2028\u2029]")
 
@@ -74,7 +76,7 @@ class _LimitedLoader(yaml.SafeLoader):
         # quadratic time), so flow nesting is limited here, where it is read.
         if self.flow_level >= MAX_DEPTH:
             line = self.get_mark().line + 1
-            raise _Limit(line, f"nested deeper than {MAX_DEPTH} levels")
+            raise _Limit(line, _DEPTH_MESSAGE)
         super().fetch_flow_collection_start(token_class)
 
     def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
@@ -86,7 +88,7 @@ class _LimitedLoader(yaml.SafeLoader):
                                    f"needs only a few")
         self._depth += 1
         if self._depth > MAX_DEPTH:
-            raise _Limit(line, f"nested deeper than {MAX_DEPTH} levels")
+            raise _Limit(line, _DEPTH_MESSAGE)
         try:
             return super().compose_node(parent, index)
         finally:
@@ -169,7 +171,8 @@ class _Converter:
         self._nodes += 1
         if self._nodes > MAX_NODES:
             raise self._fail(node, f"refused YAML: more than {MAX_NODES} values once aliases "
-                                   "are expanded (an alias bomb?)")
+                                   "are expanded (an alias bomb?); a scenario has a few "
+                                   "hundred")
         self.lines[path] = node.start_mark.line + 1
         if isinstance(node, yaml.MappingNode) and node.tag == _MAP_TAG:
             return self._mapping(node, path)

@@ -52,18 +52,33 @@ def _bomb(levels: int, width: int) -> str:
 
 @pytest.mark.parametrize(("text", "message"), [
     ("a: " + "[" * 1000 + "]" * 1000 + "\n",
-     "demo.yaml:1: refused YAML: nested deeper than 64 levels"),
+     "demo.yaml:1: refused YAML: nested deeper than 64 levels; "
+     "a scenario needs fewer than 10"),
     ("a: " + "[{a: " * 200_000,  # just under 1 MiB, scanned ahead by PyYAML: refused early
-     "demo.yaml:1: refused YAML: nested deeper than 64 levels"),
+     "demo.yaml:1: refused YAML: nested deeper than 64 levels; "
+     "a scenario needs fewer than 10"),
     ("".join("  " * i + f"k{i}:\n" for i in range(100)) + "  " * 100 + "v\n",
-     "demo.yaml:64: refused YAML: nested deeper than 64 levels"),
+     "demo.yaml:64: refused YAML: nested deeper than 64 levels; "
+     "a scenario needs fewer than 10"),
     ("a: &a x\nb: [" + ", ".join(["*a"] * 101) + "]\n",
      "demo.yaml:2: refused YAML: more than 100 aliases ('*name'); a scenario needs only a few"),
     (_bomb(9, 9),
      "demo.yaml:1: refused YAML: more than 100000 values once aliases are expanded "
-     "(an alias bomb?)"),
+     "(an alias bomb?); a scenario has a few hundred"),
 ])
 def test_yaml_limits(text: str, message: str) -> None:
+    assert error_text(text) == message
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    (MINIMAL + "3: x\n", "demo.yaml:11: (top): unknown key 3: keys are names, not an integer"),
+    (MINIMAL + "expect:\n  events:\n    - probe: fentry\n      match: {1: x}\n",
+     "demo.yaml:14: expect.events[0].match: unknown key 1: keys are names, not an integer"),
+    (MINIMAL.replace("name: demo", 'name: "demo\\n"'),
+     "demo.yaml:1: name: expected a scenario name (lower-case letters, digits and '-', not "
+     "starting with '-', at most 64 characters)"),
+])
+def test_keys_and_patterns(text: str, message: str) -> None:
     assert error_text(text) == message
 
 
