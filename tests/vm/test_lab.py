@@ -20,8 +20,8 @@ import pytest
 
 from lab.config import load_settings
 from lab.errors import LabError
+from lab.host import processes_of as qemu_pids
 from lab.ssh import Session
-from lab.vm.qemu import processes_of as qemu_pids
 from tests.helpers import INVOKE, REPO
 
 pytestmark = pytest.mark.vm
@@ -351,7 +351,7 @@ def test_taken_port_is_replaced(other_lab: Cli, monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr(qemu, "free_port", lambda: next(ports, None) or real_free_port())
     backend = qemu.QemuBackend(load_settings(flags={"name": other_lab.name}))
     try:
-        target = backend.up()
+        target = backend.up().target
         assert target.port != taken
     finally:
         holder.close()

@@ -34,14 +34,23 @@ from typing import cast
 
 from lab import console
 from lab.config import REPO_ROOT, Settings
-from lab.elf import build_id_from_notes
-from lab.errors import LabError
+from lab.errors import LabError, LabFailure
 from lab.image.build import Image, find_image
 from lab.image.keys import ensure_keys
 from lab.ssh import Session, SshTarget
 from lab.vm.accel import Accel, choose_accel
-from lab.vm.base import LabState, LabStatus, accel_and_image, lab_lock, serial_tail
-from lab.vm.qemu import BOOT_TIMEOUT_S, FATAL
+from lab.vm.base import (
+    LabState,
+    LabStatus,
+    RunningLab,
+    accel_and_image,
+    lab_dir,
+    lab_lock,
+)
+from lab.vm.base import lab_names as names_in
+from lab.vm.boot import FATAL, check_build_id, serial_tail
+from lab.vm.boot import boot_timeout as base_boot_timeout
+from lab.vm.boot import kernel_cmdline as base_cmdline
 from lab.vm.vagrant.box import (
     Box,
     add_box,
@@ -92,39 +101,25 @@ class SshConfig:
 
 def parse_ssh_config(text: str) -> SshConfig:
     """The first Host block of `vagrant ssh-config` (OpenSSH client config syntax)."""
-    values: dict[str, str] = {}
-    identities: list[str] = []
-    blocks = 0
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        key, _, value = line.partition(" ")
-        if "=" in key:  # `Key=value` is valid ssh_config syntax too
-            key, _, rest = key.partition("=")
-            value = f"{rest} {value}".strip()
-        key, value = key.lower(), value.strip().lstrip("=").strip()
-        if len(value) >= 2 and value[0] == value[-1] == '"':
-            value = value[1:-1]
-        if key == "host":
-            blocks += 1
-            if blocks > 1:
-                break
-            continue
-        if key == "identityfile":
-            identities.append(value)
-        else:
-            values.setdefault(key, value)
-    missing = [k for k in ("hostname", "user") if not values.get(k)]
-    if missing or not identities:
-        raise LabError("`vagrant ssh-config` gave no " + ", ".join(missing + (
-            [] if identities else ["identityfile"])) + f"; it said:\n{text.strip()[:800]}")
+    import paramiko
+
+    hosts = [line.split(None, 1)[1].strip() for line in text.splitlines()
+             if line.strip().lower().startswith("host ") and len(line.split(None, 1)) == 2]
+    config = paramiko.SSHConfig.from_text(text).lookup(hosts[0] if hosts else "default")
+    # lookup() falls back to the looked-up name itself when HostName is missing.
+    given = any(line.strip().lower().startswith("hostname") for line in text.splitlines())
+    identities = tuple(config.get("identityfile", []))
+    missing = [k for k, ok in (("hostname", given), ("user", "user" in config),
+                               ("identityfile", bool(identities))) if not ok]
+    if missing:
+        raise LabFailure("`vagrant ssh-config` gave no " + ", ".join(missing) +
+                         f"; it said:\n{text.strip()[:800]}")
     try:
-        port = int(values.get("port", "22"))
+        port = int(config.get("port", "22"))
     except ValueError:
-        raise LabError(f"`vagrant ssh-config` gave a port that is not a number: "
-                       f"{values.get('port')!r}.") from None
-    return SshConfig(values["hostname"], port, values["user"], tuple(identities))
+        raise LabFailure(f"`vagrant ssh-config` gave a port that is not a number: "
+                         f"{config.get('port')!r}.") from None
+    return SshConfig(config["hostname"], port, config["user"], identities)
 
 
 # -- what the Vagrantfile needs ----------------------------------------------------------
@@ -135,22 +130,19 @@ def domain_name(name: str) -> str:
 
 
 def lab_directory(settings: Settings) -> Path:
-    return settings.home / "vagrant" / "labs" / settings.name
+    return lab_dir(settings.home / "vagrant" / "labs", settings.name)
 
 
 def lab_names(settings: Settings) -> list[str]:
     """Labs the Vagrant backend has state for (for `lab.status --backend vagrant`)."""
-    root = settings.home / "vagrant" / "labs"
-    if not root.is_dir():
-        return []
-    return sorted(d.name for d in root.iterdir() if (d / "state.json").is_file())
+    return names_in(settings.home / "vagrant" / "labs")
 
 
 def kernel_cmdline(extra: str = "") -> str:
     # No panic=: a panicking guest halts (libvirt would restart a rebooting one in a loop);
     # the backend sees the panic on the serial log. fentry_lab.net=dhcp: see fentry-lab-net.
-    return (f"root={ROOT_DEVICE} rw console=ttyS0 quiet lsm=lockdown,yama "
-            f"systemd.show_status=false net.ifnames=0 fentry_lab.net=dhcp {extra}").strip()
+    return base_cmdline(ROOT_DEVICE, f"net.ifnames=0 fentry_lab.net=dhcp {extra}".strip(),
+                        panic_exits=False)
 
 
 def libvirt_driver(accel: Accel) -> str:
@@ -159,7 +151,7 @@ def libvirt_driver(accel: Accel) -> str:
 
 def boot_timeout(settings: Settings, accel: Accel) -> float:
     # Vagrant's own wait also covers the DHCP lease and its SSH handshake.
-    return settings.boot_timeout or BOOT_TIMEOUT_S * accel.slowdown
+    return base_boot_timeout(settings, accel)
 
 
 def vagrantfile_config(settings: Settings) -> dict[str, object]:
@@ -294,6 +286,7 @@ class VagrantBackend:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.directory = lab_directory(settings)
+        self.lab_dir = self.directory
         self.state_file = self.directory / "state.json"
         self.domain = domain_name(settings.name)
 
@@ -309,10 +302,13 @@ class VagrantBackend:
     def _running(self) -> bool:
         return socket_answers(LIBVIRTD_SOCKET) and domain_state(self.domain) == "running"
 
-    def _lock(self) -> contextlib.AbstractContextManager[None]:
-        return lab_lock(self.directory, self.settings.name)
+    def _lock(self, *, wait: bool = False) -> contextlib.AbstractContextManager[None]:
+        return lab_lock(self.directory, self.settings.name, wait=wait)
 
-    def status(self) -> LabStatus:
+    def names(self) -> list[str]:
+        return lab_names(self.settings)
+
+    def status(self, *, probe: bool = True) -> LabStatus:
         state = self._state()
         running = self._running()
         return LabStatus(
@@ -321,14 +317,15 @@ class VagrantBackend:
             pid=qemu_pid(self.domain) if running else 0,
             ssh_port=state.ssh_port if running else 0,
             uptime_s=time.time() - state.started_at if running and state.started_at else 0.0,
+            image=state.image if running else "",
+            problem=state.corrupt_message(self.state_file) if state.corrupt else "",
         )
 
     def ssh_target(self) -> SshTarget:
         state = self._state()
         if not self._running():
-            raise LabError(f"Lab {self.settings.name!r} is not running under Vagrant. Start it "
-                           f"with `invoke lab.up --backend vagrant --name {self.settings.name}`.",
-                           code=2)
+            raise LabFailure(f"Lab {self.settings.name!r} is not running under Vagrant. Start it "
+                           f"with `invoke lab.up --backend vagrant --name {self.settings.name}`.")
         if not state.host:  # brought up by a plain `vagrant up`: ask Vagrant once
             state = self._adopt(state)
         return self._target(SshConfig(state.host, state.ssh_port, state.user,
@@ -339,7 +336,8 @@ class VagrantBackend:
         config = parse_ssh_config(self._vagrant("ssh-config", timeout=120))
         state.host, state.ssh_port, state.user = config.host, config.port, config.user
         state.key_file = config.identity_files[0]
-        state.domain, state.pid = self.domain, qemu_pid(self.domain) or 1
+        state.domain, state.pid = self.domain, qemu_pid(self.domain)
+        state.wanted = True
         image = find_image(self.settings)
         if image is not None:
             state.release, state.image = image.release, str(image.directory)
@@ -369,8 +367,8 @@ class VagrantBackend:
                               stdin=subprocess.DEVNULL, timeout=timeout, check=False)
         if proc.returncode != 0:
             detail = (proc.stderr.strip() or proc.stdout.strip())[-2000:]
-            raise LabError(f"`vagrant {' '.join(args)}` failed (exit {proc.returncode}): "
-                           f"{detail}", code=2)
+            raise LabFailure(f"`vagrant {' '.join(args)}` failed (exit {proc.returncode}): "
+                           f"{detail}")
         return proc.stdout
 
     def _vagrant_streamed(self, args: Sequence[str], *, timeout: float,
@@ -420,8 +418,8 @@ class VagrantBackend:
         reader.join(5)
         if failure or proc.returncode != 0:
             said = "\n".join(f"    {line}" for line in tail if line.strip())
-            raise LabError(f"{failure or f'`vagrant {args[0]}` failed (exit {proc.returncode}).'}"
-                           f"\n  Vagrant said:\n{said}{self._tail()}", code=2)
+            raise LabFailure(f"{failure or f'`vagrant {args[0]}` failed (exit {proc.returncode}).'}"
+                           f"\n  Vagrant said:\n{said}{self._tail()}")
 
     def _serial_size(self) -> int:
         try:
@@ -447,16 +445,16 @@ class VagrantBackend:
 
     # -- up ----------------------------------------------------------------------------
 
-    def up(self) -> SshTarget:
+    def up(self) -> RunningLab:
         check_tools()
         ensure_daemons()
-        with self._lock():
+        with self._lock(wait=True):
             state = self._state()
             if state.host and self._running():
                 console.say(f"lab {self.settings.name!r} is already up under Vagrant "
                             f"(domain {self.domain}, ssh {state.user}@{state.host})")
-                return self.ssh_target()
-            if state.pid:
+                return RunningLab(self.ssh_target(), state.image, state.accel)
+            if state.wanted:
                 console.warn(f"lab {self.settings.name!r}: its domain {self.domain} stopped; "
                              "starting it again")
             accel, image = accel_and_image(self.settings, 'libvirt driver "qemu" (TCG)')
@@ -467,7 +465,7 @@ class VagrantBackend:
                             f"{box.name}): recreating its VM")
                 self._vagrant("destroy", "-f", timeout=300)
             prepare_for_up(self.settings)
-            return self._boot(image, box, accel)
+            return RunningLab(self._boot(image, box, accel), str(image.directory), accel.name)
 
     def _boot(self, image: Image, box: Box, accel: Accel) -> SshTarget:
         started = time.time()
@@ -490,7 +488,7 @@ class VagrantBackend:
             raise
         state.host, state.ssh_port, state.user = config.host, config.port, config.user
         state.key_file = config.identity_files[0]
-        state.pid = qemu_pid(self.domain) or 1  # nonzero: "should be running"
+        state.pid, state.wanted = qemu_pid(self.domain), True
         state.ready_after_s = round(time.time() - started, 2)
         state.save(self.state_file)
         console.say(f"lab {self.settings.name!r} is up under Vagrant in "
@@ -504,14 +502,11 @@ class VagrantBackend:
             result = ssh.run("uname -r; base64 -w0 /sys/kernel/notes", timeout=30)
         lines = result.out.split()
         if result.exit_status != 0 or len(lines) < 2:
-            raise LabError(f"Could not read the guest's kernel build ID over SSH: {result.err}",
-                           code=2)
-        running = build_id_from_notes(base64.b64decode(lines[1]))
-        if running != image.build_id:
-            raise LabError(f"The guest runs kernel {lines[0]} with build ID {running}, but the "
-                           f"image's debug vmlinux has {image.build_id}: the disassembly would "
-                           "not match the running code. Run `invoke image.box` and "
-                           "`invoke lab.destroy --backend vagrant`, then up again.", code=2)
+            raise LabFailure(f"Could not read the guest's kernel build ID over SSH: "
+                             f"{result.err}")
+        check_build_id(lines[0], base64.b64decode(lines[1]), image.build_id,
+                       "Run `invoke image.box` and `invoke lab.destroy --backend vagrant`, "
+                       "then up again.")
 
     def _stop_after_failure(self) -> None:
         """A failed up leaves no qemu running (the domain stays defined for the logs)."""
@@ -534,8 +529,8 @@ class VagrantBackend:
                                  "forcing it off")
                     self._vagrant("halt", "--force", timeout=120)
                 console.say(f"lab {self.settings.name!r} is down")
-            if state.pid:
-                state.pid = 0
+            if state.wanted or state.pid:
+                state.pid, state.wanted = 0, False
                 state.save(self.state_file)
 
     def destroy(self) -> None:
