@@ -19,9 +19,7 @@ from __future__ import annotations
 import base64
 import collections
 import contextlib
-import dataclasses
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -44,48 +42,40 @@ from lab.vm.base import (
     LabStatus,
     RunningLab,
     accel_and_image,
-    lab_dir,
     lab_lock,
 )
-from lab.vm.base import lab_names as names_in
 from lab.vm.boot import FATAL, check_build_id, serial_tail
-from lab.vm.boot import boot_timeout as base_boot_timeout
-from lab.vm.boot import kernel_cmdline as base_cmdline
 from lab.vm.vagrant.box import (
     Box,
     add_box,
     box_name,
     clean_vagrant_line,
-    ensure_boot_volumes,
-    list_boxes,
-    remove_volumes,
-    stale_boxes,
     vagrant_env,
 )
 from lab.vm.vagrant.libvirt import (
-    DEFAULT_POOL_PATH,
-    DOMAIN_PREFIX,
     LIBVIRTD_SOCKET,
-    NETWORK,
-    NETWORK_ADDRESS,
     check_tools,
     domain_state,
     ensure_daemons,
-    ensure_kvm_device_access,
-    ensure_network,
-    pool_path,
     qemu_pid,
-    remove_network,
     socket_answers,
     virsh_ok,
+)
+from lab.vm.vagrant.vagrantfile import (
+    boot_timeout,
+    cleanup_after_destroy,
+    domain_name,
+    lab_directory,
+    lab_names,
+    libvirt_driver,
+    prepare_for_up,
+    require_dhcp_client,
+    settings_environment,
 )
 
 VAGRANT = "vagrant"
 # Box upload into the pool (first up of a box) and domain creation, on top of the boot.
 VAGRANT_UP_EXTRA_S = 300.0
-# Root on the virtio disk libvirt gives: the cloud kernel needs its initrd for virtio_blk.
-ROOT_DEVICE = "/dev/vda"
-DHCP_PACKAGE = "udhcpc"
 
 
 # -- `vagrant ssh-config` ----------------------------------------------------------------
@@ -122,143 +112,6 @@ def parse_ssh_config(text: str) -> SshConfig:
     return SshConfig(config["hostname"], port, config["user"], identities)
 
 
-# -- what the Vagrantfile needs ----------------------------------------------------------
-
-
-def domain_name(name: str) -> str:
-    return f"{DOMAIN_PREFIX}{name}"
-
-
-def lab_directory(settings: Settings) -> Path:
-    return lab_dir(settings.home / "vagrant" / "labs", settings.name)
-
-
-def lab_names(settings: Settings) -> list[str]:
-    """Labs the Vagrant backend has state for (for `lab.status --backend vagrant`)."""
-    return names_in(settings.home / "vagrant" / "labs")
-
-
-def kernel_cmdline(extra: str = "") -> str:
-    # No panic=: a panicking guest halts (libvirt would restart a rebooting one in a loop);
-    # the backend sees the panic on the serial log. fentry_lab.net=dhcp: see fentry-lab-net.
-    return base_cmdline(ROOT_DEVICE, f"net.ifnames=0 fentry_lab.net=dhcp {extra}".strip(),
-                        panic_exits=False)
-
-
-def libvirt_driver(accel: Accel) -> str:
-    return "kvm" if accel.name == "kvm" else "qemu"
-
-
-def boot_timeout(settings: Settings, accel: Accel) -> float:
-    # Vagrant's own wait also covers the DHCP lease and its SSH handshake.
-    return base_boot_timeout(settings, accel)
-
-
-def vagrantfile_config(settings: Settings) -> dict[str, object]:
-    """Everything the Vagrantfile reads, from the lab's settings. Never raises for a missing
-    image or box (`vagrant status` and `vagrant destroy` must still work): `problem` says
-    what `vagrant up` would stop on."""
-    problem = ""
-    try:
-        accel = choose_accel(settings.accel)
-    except LabError as exc:
-        problem, accel = str(exc), Accel("tcg", "unusable KVM was asked for")
-    keys = ensure_keys(settings.keys_dir)
-    box, image_dir = "", ""
-    try:
-        image = find_image(settings)
-    except LabError as exc:
-        image, problem = None, problem or str(exc)
-    if image is None:
-        problem = problem or (f"No {settings.release} image is built yet: run "
-                              "`invoke image.box` (it builds the image first).")
-    else:
-        box, image_dir = box_name(image), str(image.directory)
-    pool = (pool_path() if socket_answers(LIBVIRTD_SOCKET) else None) or DEFAULT_POOL_PATH
-    boxed = Box(box) if box else None
-    return {
-        "name": settings.name,
-        "domain_prefix": DOMAIN_PREFIX,
-        "domain": domain_name(settings.name),
-        "release": settings.release,
-        "image": image_dir,
-        "box": box,
-        "box_added": bool(boxed and boxed.added),
-        "kernel": str(pool / boxed.kernel_volume) if boxed else "",
-        "initrd": str(pool / boxed.initrd_volume) if boxed else "",
-        "cmd_line": kernel_cmdline(settings.kernel_args),
-        "cpus": settings.cpus,
-        "memory": settings.memory,
-        "accel": accel.name,
-        "accel_reason": accel.reason,
-        "driver": libvirt_driver(accel),
-        # TCG: every feature QEMU can emulate (as -cpu max); KVM: the host's CPU (-cpu host).
-        "cpu_mode": "host-passthrough" if accel.name == "kvm" else "maximum",
-        "boot_timeout": int(boot_timeout(settings, accel)),
-        "serial_log": str(lab_directory(settings) / "serial.log"),
-        "private_key": str(keys.client_private),
-        "network": NETWORK,
-        "network_address": NETWORK_ADDRESS,
-        "problem": problem,
-    }
-
-
-def _require_dhcp_client(image: Image) -> None:
-    packages = image.manifest.get("packages")
-    if not isinstance(packages, dict) or DHCP_PACKAGE not in packages:
-        raise LabError(f"The {image.release} image has no DHCP client ({DHCP_PACKAGE}), which "
-                       "the Vagrant backend needs on libvirt's network: add it to "
-                       f"images/{image.release}.yaml and run `invoke image.box`, or use "
-                       "--backend qemu.")
-
-
-def prepare_for_up(settings: Settings, expected_kernel: str | None = None) -> Box:
-    """Before `vagrant up` (the Vagrantfile's trigger, and the backend): host checks, the
-    daemons, the current box, its kernel and initrd in libvirt's pool, the log directory."""
-    check_tools()
-    ensure_kvm_device_access()
-    ensure_daemons()
-    image = find_image(settings)
-    if image is None:
-        raise LabError(f"No {settings.release} image is built yet: run `invoke image.box` "
-                       "(it builds the image, then the box).")
-    _require_dhcp_client(image)
-    box = Box(box_name(image))
-    if not box.added:
-        older = ", ".join(b.name for b in stale_boxes(image))
-        hint = f" Vagrant only has boxes of older {image.release} images: {older}." \
-            if older else ""
-        raise LabError(f"The box for the current {image.release} image ({box.name}) is not "
-                       f"added.{hint} Run `invoke image.box --release {image.release}`.")
-    kernel, _ = ensure_boot_volumes(box, image)
-    ensure_network()
-    expected = expected_kernel or os.environ.get("FENTRY_LAB_VAGRANT_KERNEL")
-    if expected and Path(expected) != kernel:
-        raise LabError(f"libvirt's pool keeps the kernel at {kernel}, not at {expected} where "
-                       "the Vagrantfile looked before libvirtd was started: run the same "
-                       "command again.")
-    lab_directory(settings).mkdir(parents=True, exist_ok=True)
-    return box
-
-
-def cleanup_after_destroy(settings: Settings) -> None:
-    """After `vagrant destroy`: the box volumes, kernels and network no domain uses any
-    more, and the lab's own files. The box itself stays added (`invoke image.box` made it)."""
-    if socket_answers(LIBVIRTD_SOCKET):
-        for box in list_boxes():
-            kept = remove_volumes(box)
-            if kept:
-                console.say(f"kept volumes still used by other labs: {', '.join(kept)}")
-        remove_network(NETWORK)
-    directory = lab_directory(settings)
-    if directory.exists():
-        shutil.rmtree(directory)
-    # Vagrant keeps an empty folder per destroyed machine in the checkout's .vagrant.
-    machine = REPO_ROOT / ".vagrant" / "machines" / settings.name
-    if machine.is_dir() and not any(p.is_file() for p in machine.rglob("*")):
-        shutil.rmtree(machine)
-
-
 # -- the backend -------------------------------------------------------------------------
 
 
@@ -269,15 +122,6 @@ class VagrantState(LabState):
     key_file: str = ""
     domain: str = ""
     box: str = ""
-
-
-def settings_environment(settings: Settings) -> dict[str, str]:
-    """The resolved settings as FENTRY_LAB_* variables: the Vagrantfile's helper reads them
-    over invoke.yaml, so task flags reach `vagrant` too."""
-    env = {}
-    for f in dataclasses.fields(settings):
-        env[f"FENTRY_LAB_{f.name.upper()}"] = str(getattr(settings, f.name))
-    return env
 
 
 class VagrantBackend:
@@ -458,7 +302,7 @@ class VagrantBackend:
                 console.warn(f"lab {self.settings.name!r}: its domain {self.domain} stopped; "
                              "starting it again")
             accel, image = accel_and_image(self.settings, 'libvirt driver "qemu" (TCG)')
-            _require_dhcp_client(image)
+            require_dhcp_client(image)
             box = add_box(self.settings, image)
             if self._machine_known() and state.box and state.box != box.name:
                 console.say(f"the image changed since this lab was made ({state.box} -> "
