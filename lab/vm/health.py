@@ -22,8 +22,9 @@ def probe(target: SshTarget, name: str) -> tuple[str, str]:
                                 f"({exc.message.split('. ')[0]}); fix: {_fix(name)}")
     fields = result.out.split()
     if result.exit_status == 0 and len(fields) >= 4 and fields[3] == "0":
-        return "up (disk full)", (f"the guest's root disk is full ({fields[4:5] or '100%'}): "
-                                  f"delete files in the guest, or {_fix(name)}")
+        used = fields[4] if len(fields) > 4 else "100%"
+        return "up (disk full)", (f"the guest's root disk is full ({used} used): delete files "
+                                  f"in the guest (`invoke lab.ssh`), or {_fix(name)}")
     return "up", ""
 
 
