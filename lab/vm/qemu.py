@@ -131,9 +131,15 @@ class QemuBackend:
         return pid_is_lab(state.pid, self.overlay, state.pid_start)
 
     def _strays(self) -> list[int]:
-        """This lab's qemu processes found by its overlay in their command line (the state
-        file is corrupt or lost track of one)."""
-        return [pid for pid in processes_of(opt(self.overlay)) if pid != os.getpid()]
+        """This lab's qemu processes, found by their command line (its overlay and its
+        -name), when the state file is corrupt or lost track of one."""
+        name = f"\0-name\0fentry-lab-{self.settings.name}\0".encode()
+        found = []
+        for pid in processes_of(opt(self.overlay)):
+            with contextlib.suppress(OSError):
+                if pid != os.getpid() and name in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    found.append(pid)
+        return found
 
     def _lock(self, *, wait: bool = False) -> contextlib.AbstractContextManager[None]:
         return lab_lock(self.directory, self.settings.name, wait=wait)

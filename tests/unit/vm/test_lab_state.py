@@ -69,14 +69,20 @@ def stray(tmp_path: Path) -> Iterator[tuple[QemuBackend, subprocess.Popen[bytes]
     backend.directory.mkdir(parents=True)
     backend.state_file.write_text("{garbage")
     code = "import time; print('ready', flush=True); time.sleep(60)"
-    proc = subprocess.Popen([sys.executable, "-c", code, f"file={backend.overlay},if=none"],
+    proc = subprocess.Popen([sys.executable, "-c", code, "-name", "fentry-lab-vm-corrupt",
+                             "-drive", f"file={backend.overlay},if=none"],
                             stdout=subprocess.PIPE)
+    bystander = subprocess.Popen([sys.executable, "-c", code, str(backend.overlay)],
+                                 stdout=subprocess.PIPE)  # not a qemu: never stopped
     assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
+    assert bystander.stdout is not None and bystander.stdout.readline() == b"ready\n"
     try:
         yield backend, proc
+        assert bystander.poll() is None
     finally:
-        proc.kill()
-        proc.wait()
+        for each in (proc, bystander):
+            each.kill()
+            each.wait()
 
 
 def test_status_of_a_corrupt_lab(stray: tuple[QemuBackend, subprocess.Popen[bytes]]) -> None:
