@@ -36,6 +36,7 @@ from lab.errors import LabError, LabFailure
 from lab.image.build import Image, find_image
 from lab.image.keys import ensure_keys
 from lab.ssh import Session, SshTarget
+from lab.vm import health
 from lab.vm.accel import Accel, choose_accel
 from lab.vm.base import (
     LabState,
@@ -155,14 +156,20 @@ class VagrantBackend:
     def status(self, *, probe: bool = True) -> LabStatus:
         state = self._state()
         running = self._running()
+        label = "corrupt" if state.corrupt else state.label(running)
+        problem = state.corrupt_message(self.state_file) if state.corrupt else ""
+        if running and probe and state.host and not state.corrupt:
+            label, problem = health.probe(
+                self._target(SshConfig(state.host, state.ssh_port, state.user,
+                                       (state.key_file,))), self.settings.name)
         return LabStatus(
-            name=self.settings.name, backend=self.name, state=state.label(running),
+            name=self.settings.name, backend=self.name, state=label,
             release=state.release, kernel_release=state.kernel_release, accel=state.accel,
             pid=qemu_pid(self.domain) if running else 0,
             ssh_port=state.ssh_port if running else 0,
             uptime_s=time.time() - state.started_at if running and state.started_at else 0.0,
             image=state.image if running else "",
-            problem=state.corrupt_message(self.state_file) if state.corrupt else "",
+            problem=problem,
         )
 
     def ssh_target(self) -> SshTarget:
