@@ -132,7 +132,7 @@ def lab_up(c: Context, name: str | None = None, release: str | None = None,
     with friendly_errors():
         settings = settings_from(c, name=name, release=release, backend=backend, accel=accel,
                                  cpus=cpus, memory=memory)
-        target = backend_for(settings).up()
+        target = backend_for(settings).up().target
         print(f"ssh -p {target.port} -i {target.key_file} {target.user}@{target.host}")
 
 
@@ -161,14 +161,7 @@ def lab_status(c: Context, name: str | None = None, backend: str | None = None) 
 
     with friendly_errors():
         settings = settings_from(c, backend=backend)
-        if name:
-            names = [name]
-        elif settings.backend == "vagrant":
-            from lab.vm.vagrant.backend import lab_names
-
-            names = lab_names(settings)
-        else:
-            names = report.lab_names(settings)
+        names = [name] if name else backend_for(settings).names()
         statuses = [backend_for(settings_from(c, name=n, backend=backend)).status()
                     for n in names]
         print(report.status_table(statuses))
@@ -186,7 +179,7 @@ def lab_ssh(c: Context, name: str | None = None, command: str | None = None,
         lab = backend_for(settings_from(c, name=name, backend=backend))
         target = lab.ssh_target()
         if command is None:
-            interactive_shell(target, lab.serial_log().parent)
+            interactive_shell(target, lab.lab_dir)
             return
         status = run_command(target, command)
     if status:

@@ -50,8 +50,10 @@ def status_table(statuses: Sequence[LabStatus]) -> str:
         return "no labs (start one with `invoke lab.up`)"
     rows = [(s.name, s.backend, s.release or "-", s.kernel_release or "-", s.accel or "-",
              s.pid or "-", s.ssh_port or "-", _uptime(s.uptime_s), s.state) for s in statuses]
-    return table(("NAME", "BACKEND", "RELEASE", "KERNEL", "ACCEL", "PID", "SSH PORT", "UPTIME",
+    text = table(("NAME", "BACKEND", "RELEASE", "KERNEL", "ACCEL", "PID", "SSH PORT", "UPTIME",
                   "STATE"), rows)
+    problems = [f"{s.name}: {s.state}: {s.problem}" for s in statuses if s.problem]
+    return "\n".join([text, *problems])
 
 
 def scenarios_table(scenarios_dir: Path) -> str:

@@ -34,7 +34,7 @@ from typing import Any
 from lab import console
 from lab.config import Settings
 from lab.errors import LabError
-from lab.image.build import Image, build_image, find_image, load_recipe
+from lab.image.build import Image, build_image, find_image, load_recipe, read_image
 from lab.results.bundle import run_id as new_run_id
 from lab.run.probes import GUEST_SRC, pack_sources, upload_sources
 from lab.run.runner import run_scenario
@@ -216,16 +216,16 @@ def _run_release(settings: Settings, scenario: Scenario, keep: bool,
     backend = backend_factory(settings)
     try:
         mark = time.monotonic()
-        target = backend.up()
+        running = backend.up()
         times["up_s"] = round(time.monotonic() - mark, 1)
-        image = find_image(settings)
+        image = read_image(Path(running.image)) if running.image else find_image(settings)
         if image is None:
             raise LabError(f"The {settings.release} image vanished from the cache.", code=2)
         record["kernel"] = image.kernel_release
         resolved = scenario.for_kernel(kernel_version(image.kernel_release))
         record["variant"] = resolved.describe_variant()
         mark = time.monotonic()
-        with Session(target) as ssh:
+        with Session(running.target) as ssh:
             facts = collect_facts(settings, scenario, ssh, image, out / "facts")
         times["facts_s"] = round(time.monotonic() - mark, 1)
         problems = preflight_problems(resolved, facts)

@@ -94,8 +94,8 @@ def run_scenario(settings: Settings, scenario: Scenario, backend: Backend) -> Ou
     exit_code = 0
     try:
         with phases("lab"):
-            target = backend.up()
-            booted = backend.status().image
+            running = backend.up()
+            target, booted = running.target, running.image
         with Session(target) as ssh:
             run.execute(ssh, read_image(Path(booted)) if booted else None)
     except ScenarioAborted as exc:
@@ -112,7 +112,7 @@ def run_scenario(settings: Settings, scenario: Scenario, backend: Backend) -> Ou
     else:
         status, exit_code = "failed", 1
     duration = round(time.monotonic() - started, 2)
-    status_info = backend.status()
+    status_info = backend.status(probe=False)
     summary = {
         "scenario": scenario.name,
         "status": status,

@@ -20,6 +20,7 @@ import pytest
 
 from lab.config import Settings, load_settings
 from lab.errors import LabError
+from lab.host import processes_of as qemu_pids
 from lab.image.build import Image
 from lab.matrix.orchestrate import (
     LAB_ERROR,
@@ -44,8 +45,7 @@ from lab.matrix.orchestrate import (
 from lab.run.runner import Outcome
 from lab.scenario.load import load_scenario
 from lab.ssh import SshTarget
-from lab.vm.base import LabStatus
-from lab.vm.qemu import processes_of as qemu_pids
+from lab.vm.base import LabStatus, RunningLab
 from tests.helpers import REPO
 
 RECORDED = REPO / "tests" / "data" / "matrix" / "acl-portable"
@@ -354,11 +354,17 @@ class FakeBackend:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
 
-    def up(self) -> SshTarget:
+    lab_dir = Path("/nonexistent")
+
+    def names(self) -> list[str]:
+        return [self.settings.name]
+
+    def up(self) -> RunningLab:
         self.calls.append(("up", self.settings.name))
         if self.settings.release in self.broken:
             raise LabError("qemu exited with status 1 before the guest was ready.", code=2)
-        return SshTarget("127.0.0.1", 1, "root", Path("/nonexistent"), "ssh-ed25519", "AAAA")
+        target = SshTarget("127.0.0.1", 1, "root", Path("/nonexistent"), "ssh-ed25519", "AAAA")
+        return RunningLab(target, "", "tcg")
 
     def down(self) -> None:
         self.calls.append(("down", self.settings.name))
@@ -366,12 +372,12 @@ class FakeBackend:
     def destroy(self) -> None:
         self.calls.append(("destroy", self.settings.name))
 
-    def status(self) -> LabStatus:
+    def status(self, *, probe: bool = True) -> LabStatus:
         return LabStatus(self.settings.name, "fake", "up", self.settings.release, "", "tcg",
                          1, 1, 1.0)
 
     def ssh_target(self) -> SshTarget:
-        return self.up()
+        return self.up().target
 
     def serial_log(self) -> Path:
         return Path("/nonexistent")
