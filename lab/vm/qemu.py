@@ -26,6 +26,7 @@ from lab.host import require_tools, run_checked
 from lab.image.build import Image
 from lab.image.keys import ensure_keys
 from lab.ssh import Session, SshTarget
+from lab.vm import snapshot
 from lab.vm.accel import Accel
 from lab.vm.base import LabState, LabStatus, accel_and_image, lab_lock, serial_tail
 
@@ -160,17 +161,32 @@ class QemuBackend:
     def up(self) -> SshTarget:
         require_tools({QEMU: "qemu-system-x86", "qemu-img": "qemu-utils"})
         with self._lock():
-            state = self._state()
-            if self._alive(state):
-                console.say(f"lab {self.settings.name!r} is already up "
-                            f"(pid {state.pid}, ssh port {state.ssh_port})")
-                return self._target(state.ssh_port)
-            if state.pid:
-                console.warn(f"lab {self.settings.name!r}: its qemu (pid {state.pid}) died; "
-                             "starting it again")
-            accel, image = accel_and_image(self.settings, "running emulated under TCG")
-            self._prepare_overlay(image, state)
-            return self._boot(image, accel)
+            return self._up_locked()
+
+    def _up_locked(self) -> SshTarget:
+        state = self._state()
+        if self._alive(state):
+            console.say(f"lab {self.settings.name!r} is already up "
+                        f"(pid {state.pid}, ssh port {state.ssh_port})")
+            return self._target(state.ssh_port)
+        if state.pid:
+            console.warn(f"lab {self.settings.name!r}: its qemu (pid {state.pid}) died; "
+                         "starting it again")
+        accel, image = accel_and_image(self.settings, "running emulated under TCG")
+        # -- snapshot hook (lab/vm/snapshot.py): start from a matching ready snapshot --
+        image = snapshot.lab_image(image)
+        ready = snapshot.choose(self, image, accel)
+        if ready is not None:
+            try:
+                return self._restore(image, accel, ready)
+            except LabError as exc:
+                console.warn(f"could not start from snapshot {ready.name} ({exc}); "
+                             "removed it, booting cold")
+                snapshot.remove(ready)
+                self.overlay.unlink(missing_ok=True)
+        # -- end of snapshot hook --
+        self._prepare_overlay(image, state)
+        return self._boot(image, accel)
 
     def _prepare_overlay(self, image: Image, state: LabState) -> None:
         if self.overlay.exists() and state.image != str(image.directory):
@@ -185,10 +201,7 @@ class QemuBackend:
         timeout = self.settings.boot_timeout or BOOT_TIMEOUT_S * accel.slowdown
         for attempt in range(3):
             port = free_port()
-            argv = qemu_argv(image=image, overlay=self.overlay, accel=accel,
-                             cpus=self.settings.cpus, memory=self.settings.memory,
-                             ssh_port=port, serial_log=serial, qmp_socket=self.qmp_socket,
-                             name=self.settings.name, kernel_args=self.settings.kernel_args)
+            argv = self.argv(image, accel, port)
             serial.write_bytes(b"")
             self.qmp_socket.unlink(missing_ok=True)
             started = time.time()
@@ -213,6 +226,7 @@ class QemuBackend:
                     pass
                 state.ready_after_s = round(time.time() - started, 2)
                 state.save(self.state_file)
+                snapshot.save(self, image, accel, target)  # snapshot hook: once per key
                 console.say(f"lab {self.settings.name!r} is up in {state.ready_after_s:.1f} s "
                             f"(guest ready at {float(ready.group(1)):.1f} s of its uptime): "
                             f"`invoke lab.ssh` or ssh -p {port} root@127.0.0.1")
@@ -224,6 +238,61 @@ class QemuBackend:
                 raise
         raise LabError("Could not find a free port on 127.0.0.1 for the lab's SSH forward "
                        "after 3 tries.")
+
+    def argv(self, image: Image, accel: Accel, port: int) -> list[str]:
+        return qemu_argv(image=image, overlay=self.overlay, accel=accel,
+                         cpus=self.settings.cpus, memory=self.settings.memory,
+                         ssh_port=port, serial_log=self.serial_log(),
+                         qmp_socket=self.qmp_socket, name=self.settings.name,
+                         kernel_args=snapshot.kernel_args(self.settings.kernel_args),
+                         ) + snapshot.extra_argv()
+
+    # -- snapshot hooks (lab/vm/snapshot.py) ---------------------------------------------
+
+    def _restore(self, image: Image, accel: Accel, ready: Path) -> SshTarget:
+        """Start this lab from a ready snapshot: fresh overlay, saved memory, fixed guest."""
+        snapshot.prepare_overlay(self, ready)
+        port = free_port()
+        boot_id = snapshot.new_boot_id()
+        argv = self.argv(image, accel, port) + snapshot.incoming_argv(ready, boot_id)
+        self.serial_log().write_bytes(b"")
+        self.qmp_socket.unlink(missing_ok=True)
+        started = time.time()
+        with self.qemu_log.open("wb") as log:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                    start_new_session=True)
+        state = LabState(name=self.settings.name, backend=self.name, release=image.release,
+                         image=str(image.directory), kernel_release=image.kernel_release,
+                         build_id=image.build_id, accel=accel.name, pid=proc.pid,
+                         ssh_port=port, started_at=started, argv=argv)
+        state.save(self.state_file)
+        try:
+            snapshot.wait_restored(self, proc, snapshot.RESTORE_TIMEOUT_S * accel.slowdown / 4)
+            target = self._target(port)
+            snapshot.fix_guest(target, boot_id)
+        except BaseException:
+            self._kill(proc.pid)
+            state.pid = 0
+            state.save(self.state_file)
+            raise
+        state.ready_after_s = round(time.time() - started, 2)
+        state.save(self.state_file)
+        console.say(f"lab {self.settings.name!r} is up in {state.ready_after_s:.1f} s from "
+                    f"snapshot {ready.name}: `invoke lab.ssh` or ssh -p {port} root@127.0.0.1")
+        return target
+
+    def reset(self) -> SshTarget:
+        """Back to the pristine ready snapshot, memory and disk (made first if missing)."""
+        require_tools({QEMU: "qemu-system-x86", "qemu-img": "qemu-utils"})
+        with self._lock():
+            state = self._state()
+            if self._alive(state):
+                console.say(f"resetting lab {self.settings.name!r} (pid {state.pid})")
+                self._stop_now(state.pid)
+            self.overlay.unlink(missing_ok=True)
+            return self._up_locked()
+
+    # -- end of snapshot hooks -----------------------------------------------------------
 
     def _wait_ready(self, proc: subprocess.Popen[bytes],
                     timeout: float) -> re.Match[bytes] | None:
