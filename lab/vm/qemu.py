@@ -289,6 +289,8 @@ class QemuBackend:
             if self._alive(state):
                 console.say(f"resetting lab {self.settings.name!r} (pid {state.pid})")
                 self._stop_now(state.pid)
+            state.pid = 0
+            state.save(self.state_file)
             self.overlay.unlink(missing_ok=True)
             return self._up_locked()
 
