@@ -155,13 +155,14 @@ def machine_default(listing: str) -> str:
 
 
 def normalized_argv(argv: list[str], lab: LabVm, port: int) -> str:
-    text = "\0".join(argv).replace(str(lab.directory), "LAB").replace(str(port), "PORT")
+    text = "\0".join(argv).replace(str(lab.directory), "LAB")
+    text = text.replace(f"127.0.0.1:{port}-", "127.0.0.1:PORT-")
     return hashlib.sha256(text.replace(lab.settings.name, "NAME").encode()).hexdigest()
 
 
 def key_for(lab: LabVm, image: Image, accel: Accel) -> Key:
     version, machine = qemu_identity()
-    port = 1  # any fixed value: removed again by normalized_argv
+    port = 10022  # any value: removed again by normalized_argv
     return Key(release=image.release,
                image=f"{image.directory.name} {image.manifest.get('built_at', '')} "
                      f"{image.build_id}",

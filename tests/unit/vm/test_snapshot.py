@@ -91,11 +91,15 @@ def test_machine_default_is_the_concrete_type() -> None:
 
 def test_key_ignores_the_labs_own_paths_and_port(tmp_path: Path) -> None:
     image = make_image(tmp_path)
-    one = snapshot.key_for(make_lab(tmp_path, "sn-one"), image, TCG)
-    two = snapshot.key_for(make_lab(tmp_path, "sn-two"), image, TCG)
+    one = snapshot.key_for(make_lab(tmp_path, "sn-10022-1"), image, TCG)
+    two = snapshot.key_for(make_lab(tmp_path, "sn-10022-2"), image, TCG)
     assert one == two
-    assert snapshot.normalized_argv(["a", "-p", "4242"], make_lab(tmp_path, "sn-x"), 4242) != \
-        snapshot.normalized_argv(["a", "-p", "4242", "-m", "9"], make_lab(tmp_path, "sn-y"), 4242)
+    fwd = "hostfwd=tcp:127.0.0.1:4242-:22"
+    assert snapshot.normalized_argv(["a", fwd], make_lab(tmp_path, "sn-x"), 4242) == \
+        snapshot.normalized_argv(["a", fwd.replace("4242", "4343")], make_lab(tmp_path, "sn-y"),
+                                 4343)
+    assert snapshot.normalized_argv(["a", fwd], make_lab(tmp_path, "sn-z"), 4242) != \
+        snapshot.normalized_argv(["a", fwd, "-m", "9"], make_lab(tmp_path, "sn-w"), 4242)
 
 
 def test_key_changes_with_image_qemu_and_shape(tmp_path: Path,
