@@ -263,3 +263,15 @@ def write_boot_id(tmp_path: Path, boot_id: uuid.UUID) -> Path:
     directory.mkdir()
     (directory / snapshot.MANIFEST).write_text(json.dumps({"boot_id": str(boot_id)}))
     return directory
+
+
+def test_lab_reset_needs_the_qemu_backend(monkeypatch: pytest.MonkeyPatch) -> None:
+    import tasks
+    from lab.errors import LabError
+
+    class NoSnapshots:
+        name = "vagrant"
+
+    monkeypatch.setattr("lab.vm.backend_for", lambda settings: NoSnapshots())
+    with pytest.raises(LabError, match="qemu backend"):
+        tasks.reset_lab(Settings())
