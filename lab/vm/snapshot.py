@@ -11,6 +11,14 @@ Measured choice (QEMU 7.2, TCG, 2 GiB guest): a migration file is 61 MiB with zs
 takes 1.6 s; an internal savevm keeps ~230 MiB uncompressed inside a qcow2 that cannot be
 written atomically. Both need every device to be migratable: QEMU's NVMe controller is not,
 so a lab that uses snapshots boots from virtio-blk with the image's initrd.
+
+What a restored guest gets fresh: its boot ID (swapped in the migration stream, every copy in
+RAM), its kernel RNG (a new VM generation ID makes the kernel reseed as it resumes, then 64
+bytes of host entropy are credited with RNDADDENTROPY and RNDRESEEDCRNG), its clock (from the
+host, ~0.1-0.3 s behind). What stays the snapshot's: state already drawn from the RNG before
+the save (kernel hash and TCP secrets, KASLR, canaries and PRNGs of running processes, the
+first SSH connection's guest-side key exchange), machine-id and SSH host keys (per image
+anyway, and pinned), the guest's monotonic clock.
 """
 
 from __future__ import annotations
