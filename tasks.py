@@ -202,15 +202,42 @@ def lab_logs(c: Context, name: str | None = None, lines: int = 0,
         print("\n".join(shown))
 
 
+# -- lab.reset (snapshots, lab/vm/snapshot.py) -------------------------------------------
+
+
+def reset_lab(settings: Settings) -> None:
+    """Back to the ready snapshot; only the QEMU backend has one."""
+    from lab.vm import backend_for
+
+    backend = backend_for(settings)
+    reset = getattr(backend, "reset", None)
+    if reset is None:
+        raise LabError(f"lab.reset needs the qemu backend; the {backend.name} backend has no "
+                       "ready snapshot. Use `invoke lab.destroy` and `invoke lab.up`.")
+    reset()
+
+
+@task(help={"name": LAB_FLAGS["name"], "backend": LAB_FLAGS["backend"]})
+def lab_reset(c: Context, name: str | None = None, backend: str | None = None) -> None:
+    """Put the lab back to its pristine ready snapshot (memory and disk) in seconds."""
+    with friendly_errors():
+        reset_lab(settings_from(c, name=name, backend=backend))
+
+
+FRESH_HELP = "Reset the lab to its ready snapshot before the run (see lab.reset)"
+
+# -- end of lab.reset --------------------------------------------------------------------
+
+
 # -- scenario ----------------------------------------------------------------------------
 
 
 @task(positional=["scenario"], help={"scenario": "Scenario name (scenarios/NAME.yaml) or file",
-                                      **LAB_FLAGS})
+                                      **LAB_FLAGS, "fresh": FRESH_HELP})
 def scenario_run(c: Context, scenario: str, name: str | None = None,
                  release: str | None = None, backend: str | None = None,
                  accel: str | None = None, cpus: int | None = None,
-                 memory: int | None = None) -> None:
+                 memory: int | None = None, fresh: bool = False) -> None:
     """Run a scenario on the lab (brought up if needed) and check its expectations."""
     from lab.run.runner import run_scenario
     from lab.scenario.load import find_scenario, load_scenario
@@ -223,6 +250,8 @@ def scenario_run(c: Context, scenario: str, name: str | None = None,
             loaded = load_scenario(find_scenario(scenario, settings.scenarios_dir))
         except LabError as exc:  # an invalid scenario is the user's to fix: exit 1
             raise LabError(str(exc), code=1) from None
+        if fresh:  # --fresh: start from the pristine ready snapshot
+            reset_lab(settings)
         outcome = run_scenario(settings, loaded, backend_for(settings))
         print(report.outcome_text(loaded.name, outcome))
     if outcome.exit_code:
@@ -297,11 +326,13 @@ SCENARIO_ACTIONS = {"run": scenario_run, "list": scenario_list, "validate": scen
 
 
 @task(klass=_DispatchTask, positional=["action", "scenario"], help={
-    "action": "run, list, validate or show", "scenario": "Scenario name or file", **LAB_FLAGS})
+    "action": "run, list, validate or show", "scenario": "Scenario name or file", **LAB_FLAGS,
+    "fresh": FRESH_HELP})
 def scenario_dispatch(c: Context, action: str, scenario: str | None = None,
                       name: str | None = None, release: str | None = None,
                       backend: str | None = None, accel: str | None = None,
-                      cpus: int | None = None, memory: int | None = None) -> None:
+                      cpus: int | None = None, memory: int | None = None,
+                      fresh: bool = False) -> None:
     """`invoke scenario run NAME` (and list, validate, show) as words, not dotted names."""
     chosen = SCENARIO_ACTIONS.get(action)
     if chosen is None:
@@ -315,7 +346,7 @@ def scenario_dispatch(c: Context, action: str, scenario: str | None = None,
                    "(see `invoke scenario list`).", code=1)
     if action == "run":
         scenario_run(c, scenario, name=name, release=release, backend=backend, accel=accel,
-                     cpus=cpus, memory=memory)
+                     cpus=cpus, memory=memory, fresh=fresh)
     else:
         chosen(c, scenario)
 
@@ -381,7 +412,8 @@ image_ns = _collection("image", {"build": image_build, "list": image_list,
                                  "verify": image_verify, "box": image_box,
                                  "prune": image_prune})
 lab_ns = _collection("lab", {"up": lab_up, "down": lab_down, "status": lab_status,
-                             "ssh": lab_ssh, "logs": lab_logs, "destroy": lab_destroy})
+                             "ssh": lab_ssh, "logs": lab_logs, "destroy": lab_destroy,
+                             "reset": lab_reset})
 scenario_ns = _collection("scenario", {"do": scenario_dispatch, "run": scenario_run,
                                        "list": scenario_list, "validate": scenario_validate,
                                        "show": scenario_show}, default="do")

@@ -25,7 +25,7 @@ from lab.host import is_process, process_start_time, processes_of, require_tools
 from lab.image.build import Image
 from lab.image.keys import ensure_keys
 from lab.ssh import Session, SshTarget
-from lab.vm import health
+from lab.vm import health, snapshot
 from lab.vm.accel import Accel, slowdown
 from lab.vm.base import (
     LabState,
@@ -187,26 +187,42 @@ class QemuBackend:
     def up(self) -> RunningLab:
         require_tools({QEMU: "qemu-system-x86", "qemu-img": "qemu-utils"})
         with self._lock(wait=True):  # a concurrent up boots; this one then finds it up
-            state = self._state()
-            if state.corrupt:
-                raise LabFailure(state.corrupt_message(self.state_file))
-            if self._alive(state):
-                target = self._target(state.ssh_port)
-                health.require_answers(target, self.settings.name, state.pid)
-                console.say(f"lab {self.settings.name!r} is already up "
-                            f"(pid {state.pid}, ssh port {state.ssh_port})")
-                return RunningLab(target, state.image, state.accel)
-            if state.wanted:
-                console.warn(f"lab {self.settings.name!r}: its qemu (pid {state.pid}) died; "
-                             "starting it again")
-            for stray in self._strays():  # a qemu of this lab nobody tracks any more
-                console.warn(f"stopping an untracked qemu of lab {self.settings.name!r} "
-                             f"(pid {stray})")
-                self._kill(stray)
-            accel, image = accel_and_image(self.settings, "running emulated under TCG")
-            self._prepare_overlay(image, state)
-            target = self._boot(image, accel)
-            return RunningLab(target, str(image.directory), accel.name)
+            return self._up_locked()
+
+    def _up_locked(self) -> RunningLab:
+        state = self._state()
+        if state.corrupt:
+            raise LabFailure(state.corrupt_message(self.state_file))
+        if self._alive(state):
+            target = self._target(state.ssh_port)
+            health.require_answers(target, self.settings.name, state.pid)
+            console.say(f"lab {self.settings.name!r} is already up "
+                        f"(pid {state.pid}, ssh port {state.ssh_port})")
+            return RunningLab(target, state.image, state.accel)
+        if state.wanted:
+            console.warn(f"lab {self.settings.name!r}: its qemu (pid {state.pid}) died; "
+                         "starting it again")
+        for stray in self._strays():  # a qemu of this lab nobody tracks any more
+            console.warn(f"stopping an untracked qemu of lab {self.settings.name!r} "
+                         f"(pid {stray})")
+            self._kill(stray)
+        accel, image = accel_and_image(self.settings, "running emulated under TCG")
+        # -- snapshot hook (lab/vm/snapshot.py): start from a matching ready snapshot --
+        image = snapshot.lab_image(image)
+        ready = snapshot.choose(self, image, accel)
+        if ready is not None:
+            try:
+                target = self._restore(image, accel, ready)
+                return RunningLab(target, str(image.directory), accel.name)
+            except LabError as exc:
+                console.warn(f"could not start from snapshot {ready.name} ({exc}); "
+                             "removed it, booting cold")
+                snapshot.remove(ready)
+                self.overlay.unlink(missing_ok=True)
+        # -- end of snapshot hook --
+        self._prepare_overlay(image, state)
+        target = self._boot(image, accel)
+        return RunningLab(target, str(image.directory), accel.name)
 
     def _prepare_overlay(self, image: Image, state: LabState) -> None:
         if self.overlay.exists() and state.image != str(image.directory):
@@ -231,10 +247,7 @@ class QemuBackend:
         rotate_serial_log(serial)  # a panic's last words survive the next up
         for attempt in range(3):
             port = free_port()
-            argv = qemu_argv(image=image, overlay=self.overlay, accel=accel,
-                             cpus=self.settings.cpus, memory=self.settings.memory,
-                             ssh_port=port, serial_log=serial, qmp_socket=self.qmp_socket,
-                             name=self.settings.name, kernel_args=self.settings.kernel_args)
+            argv = self.argv(image, accel, port)
             serial.write_bytes(b"")
             self.qmp_socket.unlink(missing_ok=True)
             started = time.time()
@@ -262,6 +275,7 @@ class QemuBackend:
                     pass
                 state.ready_after_s = round(time.time() - started, 2)
                 state.save(self.state_file)
+                snapshot.save(self, image, accel, target)  # snapshot hook: once per key
                 console.say(f"lab {self.settings.name!r} is up in {state.ready_after_s:.1f} s "
                             f"(guest ready at {float(ready.group(1)):.1f} s of its uptime): "
                             f"`invoke lab.ssh` or ssh -p {port} root@127.0.0.1")
@@ -274,6 +288,62 @@ class QemuBackend:
         raise LabFailure("Could not bind a free port on 127.0.0.1 for the lab's SSH forward "
                          "after 3 tries (each was taken before qemu could bind it). Free some "
                          "local ports and run `invoke lab.up` again.")
+
+    def argv(self, image: Image, accel: Accel, port: int) -> list[str]:
+        return qemu_argv(image=image, overlay=self.overlay, accel=accel,
+                         cpus=self.settings.cpus, memory=self.settings.memory,
+                         ssh_port=port, serial_log=self.serial_log(),
+                         qmp_socket=self.qmp_socket, name=self.settings.name,
+                         kernel_args=snapshot.kernel_args(self.settings.kernel_args),
+                         ) + snapshot.extra_argv()
+
+    # -- snapshot hooks (lab/vm/snapshot.py) ---------------------------------------------
+
+    def _restore(self, image: Image, accel: Accel, ready: Path) -> SshTarget:
+        """Start this lab from a ready snapshot: fresh overlay, saved memory, fixed guest."""
+        snapshot.prepare_overlay(self, ready)
+        port = free_port()
+        boot_id = snapshot.new_boot_id()
+        argv = self.argv(image, accel, port) + snapshot.incoming_argv(ready, boot_id)
+        self.serial_log().write_bytes(b"")
+        self.qmp_socket.unlink(missing_ok=True)
+        started = time.time()
+        proc = self._spawn(argv)
+        state = LabState(name=self.settings.name, backend=self.name, release=image.release,
+                         image=str(image.directory), kernel_release=image.kernel_release,
+                         build_id=image.build_id, accel=accel.name, pid=proc.pid,
+                         pid_start=process_start_time(proc.pid) or 0, wanted=True,
+                         ssh_port=port, started_at=started, argv=argv)
+        state.save(self.state_file)
+        try:
+            snapshot.wait_restored(self, proc, snapshot.RESTORE_TIMEOUT_S * accel.slowdown / 4)
+            target = self._target(port)
+            snapshot.fix_guest(target, boot_id)
+        except BaseException:
+            self._kill(proc.pid, state.pid_start)
+            state.pid, state.wanted = 0, False
+            state.save(self.state_file)
+            raise
+        state.ready_after_s = round(time.time() - started, 2)
+        state.save(self.state_file)
+        console.say(f"lab {self.settings.name!r} is up in {state.ready_after_s:.1f} s from "
+                    f"snapshot {ready.name}: `invoke lab.ssh` or ssh -p {port} root@127.0.0.1")
+        return target
+
+    def reset(self) -> RunningLab:
+        """Back to the pristine ready snapshot, memory and disk (made first if missing)."""
+        require_tools({QEMU: "qemu-system-x86", "qemu-img": "qemu-utils"})
+        with self._lock(wait=True):
+            state = self._state()
+            if self._alive(state):
+                console.say(f"resetting lab {self.settings.name!r} (pid {state.pid})")
+                self._stop_now(state.pid)
+            state.pid, state.wanted = 0, False
+            state.save(self.state_file)
+            self.overlay.unlink(missing_ok=True)
+            return self._up_locked()
+
+    # -- end of snapshot hooks -----------------------------------------------------------
 
     def _wait_ready(self, proc: subprocess.Popen[bytes],
                     timeout: float) -> re.Match[bytes] | None:
