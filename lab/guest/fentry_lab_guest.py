@@ -300,4 +300,8 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except OSError as exc:  # a full disk is the usual cause: say it in one line for the host
+        print(f"fentry-lab-guest: {exc.strerror or exc}: {exc.filename or ''}", file=sys.stderr)
+        sys.exit(3)
