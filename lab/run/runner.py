@@ -162,7 +162,10 @@ def run_scenario(settings: Settings, scenario: Scenario, backend: Backend) -> Ou
                 with Session(target) as ssh:
                     run.execute(ssh, read_image(Path(status_info.image))
                                 if status_info.image else None)
-            except LabFailure as exc:
+            except LabError as exc:
+                if exc.code != LabFailure.default_code:
+                    raise
+                # The SSH layer's "connection lost" and the like: name a panic if there was one.
                 raise LabFailure(_with_serial(str(exc), backend.serial_log(), serial_at)) \
                     from None
             except (OSError, paramiko.SSHException, EOFError) as exc:
