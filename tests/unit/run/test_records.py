@@ -38,7 +38,7 @@ def test_malformed_records_are_kept_raw_with_a_note() -> None:
         line("fentry.bpf.o", good),
     ], DECODERS, NAMES)
     assert len(events) == 1
-    notes = [b["note"] for b in bad]
+    notes = [str(b["note"]) for b in bad]
     assert notes[0].startswith("record is not valid hex")
     assert notes[1] == "record of 10 bytes is shorter than struct event (208 bytes)"
     assert notes[2] == "no decoder for object 'other.bpf.o'"

@@ -21,6 +21,8 @@ from tests.helpers import REPO
 class FakeLab:
     """A lab that is `state` on `release`; up() runs `on_up` (which raises to end the run)."""
 
+    name = "qemu"
+
     def __init__(self, settings: Settings, release: str = "trixie", state: str = "down",
                  on_up: object = None) -> None:
         self.settings = settings
