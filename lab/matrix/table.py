@@ -22,6 +22,7 @@ from lab.matrix.disasm import (
     signature_from_bpftrace,
 )
 from lab.matrix.markdown import render_markdown
+from lab.matrix.rows import Expectations, FunctionCell, Matrix, ReleaseRow, Trampolines
 from lab.results.bundle import write_atomic, write_json
 from lab.scenario.model import format_version, kernel_version
 
@@ -61,26 +62,31 @@ def _read_text(path: Path) -> str | None:
 
 def build_matrix(run_dir: Path) -> dict[str, Any]:
     """matrix.json's content, from the files a matrix run recorded in run_dir."""
+    return read_matrix(run_dir).as_json()
+
+
+def read_matrix(run_dir: Path) -> Matrix:
+    """The typed table, from the files a matrix run recorded in run_dir."""
     run = _read_json(run_dir / "run.json") or {}
     targets: list[str] = list(run.get("targets", []))
     rows = [_release_row(run_dir / release, release, targets, run)
             for release in run.get("releases", [])]
     timing = _read_json(run_dir / "timing.json") or {}
-    return {
-        "scenario": run.get("scenario"),
-        "run_id": run.get("run_id") or run_dir.name,
-        "started": run.get("started"),
-        "jobs": run.get("jobs"),
-        "targets": targets,
-        "wall_s": timing.get("wall_s"),
-        "images_s": timing.get("images_s"),
-        "sum_of_releases_s": round(sum(row["timings"].get("total_s", 0.0) for row in rows), 1),
-        "releases": rows,
-    }
+    return Matrix(
+        scenario=run.get("scenario"),
+        run_id=run.get("run_id") or run_dir.name,
+        started=run.get("started"),
+        jobs=run.get("jobs"),
+        targets=targets,
+        wall_s=timing.get("wall_s"),
+        images_s=timing.get("images_s"),
+        sum_of_releases_s=round(sum(row.timings.get("total_s", 0.0) for row in rows), 1),
+        releases=rows,
+    )
 
 
 def _release_row(directory: Path, release: str, targets: Sequence[str],
-                 run: Mapping[str, Any]) -> dict[str, Any]:
+                 run: Mapping[str, Any]) -> ReleaseRow:
     record = _read_json(directory / "release.json") or {
         "status": LAB_ERROR, "reason": "the release did not record a result"}
     facts = _read_json(directory / "facts" / "facts.json") or {}
@@ -92,33 +98,34 @@ def _release_row(directory: Path, release: str, targets: Sequence[str],
     live = (_read_json(bundle / "live-text.json") if bundle else None) or {}
     summary = (_read_json(bundle / "summary.json") if bundle else None) or {}
     fentry = parse_objdump(_read_text(directory / "facts" / "objdump-__fentry__.txt") or "")
-    row: dict[str, Any] = {
-        "release": release,
-        "kernel": kernel.get("release") or record.get("kernel"),
-        "version": version,
-        "btf": bool(kernel.get("btf")) if kernel else None,
-        "trampolines": trampoline_support(version, config) if kernel else None,
-        "ibt": config.get("CONFIG_X86_KERNEL_IBT") == "y" if kernel else None,
-        "bpftrace": (kernel.get("tools") or {}).get("bpftrace"),
-        "bpftrace_probe": bpftrace_kind((kernel.get("tools") or {}).get("bpftrace")),
-        "fentry_static": insns_json(fentry[:ENTRY_BYTES]) if fentry else None,
-        "variant": record.get("variant"),
-        "status": record["status"],
-        "reason": record.get("reason"),
-        "expectations": _expectations(summary),
-        "bundle": str(bundle.relative_to(directory.parent)) if bundle else None,
-        "timings": record.get("timings") or {},
-        "functions": {},
-    }
+    tools = kernel.get("tools") or {}
+    functions = {}
     for fn in targets:
         readings = live.get(fn) or {}
-        row["functions"][fn] = _function_cell(directory, fn, facts, readings,
-                                              "attached" in readings, record, run, version)
-    return row
+        functions[fn] = _function_cell(directory, fn, facts, readings, "attached" in readings,
+                                       record, run, version)
+    return ReleaseRow(
+        release=release,
+        kernel=kernel.get("release") or record.get("kernel"),
+        version=version,
+        btf=bool(kernel.get("btf")) if kernel else None,
+        trampolines=trampoline_support(version, config) if kernel else None,
+        ibt=config.get("CONFIG_X86_KERNEL_IBT") == "y" if kernel else None,
+        bpftrace=tools.get("bpftrace"),
+        bpftrace_probe=bpftrace_kind(tools.get("bpftrace")),
+        fentry_static=insns_json(fentry[:ENTRY_BYTES]) if fentry else None,
+        variant=record.get("variant"),
+        status=record["status"],
+        reason=record.get("reason"),
+        expectations=_expectations(summary),
+        bundle=str(bundle.relative_to(directory.parent)) if bundle else None,
+        timings=record.get("timings") or {},
+        functions=functions,
+    )
 
 
 def trampoline_support(version: Sequence[int] | None,
-                       config: Mapping[str, str]) -> dict[str, Any]:
+                       config: Mapping[str, str]) -> Trampolines:
     """fentry/fexit need BPF trampolines: Linux >= 5.5 with direct ftrace calls and the JIT."""
     reasons = []
     if version is None or tuple(version) < FENTRY_SINCE:
@@ -127,49 +134,49 @@ def trampoline_support(version: Sequence[int] | None,
         reasons.append("no CONFIG_DYNAMIC_FTRACE_WITH_DIRECT_CALLS")
     if config.get("CONFIG_BPF_JIT") != "y":
         reasons.append("no CONFIG_BPF_JIT")
-    return {"supported": not reasons, "why": "; ".join(reasons) or
-            f"{format_version((version or ())[:2])} >= {format_version(FENTRY_SINCE)}, "
-            "DYNAMIC_FTRACE_WITH_DIRECT_CALLS=y, BPF_JIT=y"}
+    return Trampolines(not reasons, "; ".join(reasons) or
+                       f"{format_version((version or ())[:2])} >= "
+                       f"{format_version(FENTRY_SINCE)}, DYNAMIC_FTRACE_WITH_DIRECT_CALLS=y, "
+                       "BPF_JIT=y")
 
 
-def _expectations(summary: Mapping[str, Any]) -> dict[str, int] | None:
+def _expectations(summary: Mapping[str, Any]) -> Expectations | None:
     checks = summary.get("expectations")
     if not isinstance(checks, list):
         return None
-    return {"ok": sum(1 for c in checks if c.get("ok")), "total": len(checks)}
+    return Expectations(sum(1 for c in checks if c.get("ok")), len(checks))
 
 
 def _function_cell(directory: Path, fn: str, facts: Mapping[str, Any],
                    live: Mapping[str, Any], probed: bool, record: Mapping[str, Any],
-                   run: Mapping[str, Any], version: Sequence[int] | None) -> dict[str, Any]:
+                   run: Mapping[str, Any], version: Sequence[int] | None) -> FunctionCell:
     in_kallsyms = (facts.get("in_kallsyms") or {}).get(fn)
     traceable = (facts.get("traceable") or {}).get(fn)
     static = parse_objdump(_read_text(directory / "facts" / f"objdump-{fn}.txt") or "")
     prefix = entry_prefix(static)
     span = sum(len(insn["bytes"].split()) for insn in prefix)
-    cell: dict[str, Any] = {
-        "exists": in_kallsyms,
-        "traceable": traceable,
-        "signature": signature_from_bpftrace(
-            fn, _read_text(directory / "facts" / f"bpftrace-lv-{fn}.txt") or ""),
-        "static_entry": insns_json(prefix) if prefix else None,
-        "live_detached": live_json((facts.get("live") or {}).get(fn), span),
-        "live_attached": live_json(live.get("attached"), span) if probed else None,
-        "probed": probed,
-        "note": None,
-    }
     kernel = (facts.get("kernel") or {}).get("release") or record.get("kernel") or "this kernel"
+    note = None
     if not facts:
-        cell["note"] = "unknown: no facts recorded"
+        note = "unknown: no facts recorded"
     elif not in_kallsyms:
-        cell["note"] = (f"{NOT_APPLICABLE}: {fn} absent from {kernel}"
-                        + _absent_reason(fn, run, version))
+        note = f"{NOT_APPLICABLE}: {fn} absent from {kernel}" + _absent_reason(fn, run, version)
     elif not traceable:
-        cell["note"] = f"{NOT_APPLICABLE}: {fn} is in {kernel} but not traceable"
+        note = f"{NOT_APPLICABLE}: {fn} is in {kernel} but not traceable"
     elif not probed:
-        cell["note"] = (f"present, not probed here ({record.get('variant')})"
-                        if record.get("status") != NOT_APPLICABLE else "present")
-    return cell
+        note = (f"present, not probed here ({record.get('variant')})"
+                if record.get("status") != NOT_APPLICABLE else "present")
+    return FunctionCell(
+        exists=in_kallsyms,
+        traceable=traceable,
+        signature=signature_from_bpftrace(
+            fn, _read_text(directory / "facts" / f"bpftrace-lv-{fn}.txt") or ""),
+        static_entry=insns_json(prefix) if prefix else None,
+        live_detached=live_json((facts.get("live") or {}).get(fn), span),
+        live_attached=live_json(live.get("attached"), span) if probed else None,
+        probed=probed,
+        note=note,
+    )
 
 
 def _absent_reason(fn: str, run: Mapping[str, Any], version: Sequence[int] | None) -> str:
@@ -187,8 +194,9 @@ def _absent_reason(fn: str, run: Mapping[str, Any], version: Sequence[int] | Non
 
 def write_table(run_dir: Path) -> MatrixRun:
     """Build the table from run_dir's files and write matrix.json and matrix.md there."""
-    matrix = build_matrix(run_dir)
-    markdown = render_markdown(matrix)
+    table = read_matrix(run_dir)
+    matrix = table.as_json()
+    markdown = render_markdown(table)
     write_json(run_dir / "matrix.json", matrix)
     write_atomic(run_dir / "matrix.md", markdown.encode())
     return MatrixRun(run_dir, matrix, markdown)

@@ -30,12 +30,14 @@ from lab.matrix.disasm import (
 )
 from lab.matrix.markdown import render_markdown
 from lab.matrix.orchestrate import default_jobs, matrix_settings, parse_releases, run_matrix
+from lab.matrix.rows import Trampolines
 from lab.matrix.table import (
     LAB_ERROR,
     NOT_APPLICABLE,
     MatrixRun,
     build_matrix,
     merge_runs,
+    read_matrix,
     trampoline_support,
 )
 from lab.run.guest import Facts
@@ -145,7 +147,7 @@ def test_entry_bytes_static_and_live(matrix: dict[str, Any]) -> None:
 
 
 def test_markdown(matrix: dict[str, Any]) -> None:
-    text = render_markdown(matrix)
+    text = render_markdown(read_matrix(RECORDED))
     lines = text.splitlines()
     assert lines[0] == "# Kernel matrix: acl-portable"
     assert ("| bullseye | 5.10.0-32-cloud-amd64 | yes | yes (5.10 >= 5.5, "
@@ -177,12 +179,13 @@ def test_table_survives_missing_and_not_applicable_releases(tmp_path: Path) -> N
     record.update(status=NOT_APPLICABLE, reason="do_set_acl is absent in X", bundle=None)
     (run / "trixie" / "release.json").write_text(json.dumps(record))
     matrix = build_matrix(run)
+    table = read_matrix(run)
     bookworm, trixie = row(matrix, "bookworm"), row(matrix, "trixie")
     assert bookworm["status"] == LAB_ERROR and bookworm["kernel"] is None
     assert bookworm["functions"]["do_set_acl"]["note"] == "unknown: no facts recorded"
     assert trixie["functions"]["do_set_acl"]["live_attached"] is None
     assert trixie["functions"]["ext4_set_acl"]["note"] == "present"
-    text = render_markdown(matrix)
+    text = render_markdown(table)
     assert "| bookworm | - | ? | ? | ? | - | - | lab error: qemu exited |" in text
     assert "not applicable: do_set_acl is absent in X |" in text
     assert MatrixRun(run, matrix, text).exit_code == 2
@@ -280,10 +283,10 @@ def test_entry_prefix_without_fentry_call() -> None:
 
 def test_trampoline_support_and_bpftrace_kind() -> None:
     config = {"CONFIG_DYNAMIC_FTRACE_WITH_DIRECT_CALLS": "y", "CONFIG_BPF_JIT": "y"}
-    assert trampoline_support([5, 10, 0], config)["supported"] is True
+    assert trampoline_support([5, 10, 0], config).supported is True
     old = trampoline_support([5, 4, 0], {**config, "CONFIG_BPF_JIT": "n"})
-    assert old == {"supported": False, "why": "kernel older than 5.5; no CONFIG_BPF_JIT"}
-    assert trampoline_support([6, 1], {})["why"] == (
+    assert old == Trampolines(False, "kernel older than 5.5; no CONFIG_BPF_JIT")
+    assert trampoline_support([6, 1], {}).why == (
         "no CONFIG_DYNAMIC_FTRACE_WITH_DIRECT_CALLS; no CONFIG_BPF_JIT")
     assert bpftrace_kind("bpftrace v0.11.3") == "kfunc"
     assert bpftrace_kind("bpftrace v0.23.2") == "fentry"
