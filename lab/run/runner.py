@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import datetime
 import time
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,6 +41,7 @@ from lab.run.guest import (
     StaticCache,
     guest_disk_full,
 )
+from lab.run.phases import Phase, Phases
 from lab.run.preflight import preflight_problems
 from lab.run.probes import (
     GUEST_BUILD,
@@ -76,42 +76,6 @@ class Outcome:
     phases: dict[str, float] = field(default_factory=dict)
 
 
-@dataclass
-class Step_:
-    """One phase: do it, and if it succeeded, run its cleanup when the run ends."""
-
-    name: str
-    do: Callable[[], None]
-    cleanup: Callable[[], None] | None = None
-
-
-class _Phases:
-    def __init__(self) -> None:
-        self.times: dict[str, float] = {}
-
-    @contextlib.contextmanager
-    def __call__(self, name: str) -> Iterator[None]:
-        started = time.monotonic()
-        try:
-            yield
-        finally:
-            self.times[name] = round(time.monotonic() - started, 3)
-
-    def run(self, steps: list[Step_]) -> None:
-        """Do the steps in order; the cleanups of the done ones run in reverse, always."""
-        done: list[Step_] = []
-        try:
-            for step in steps:
-                with self(step.name):
-                    step.do()
-                done.append(step)
-        finally:
-            for step in reversed(done):
-                if step.cleanup is not None:
-                    with self(f"{step.name}-cleanup"):
-                        step.cleanup()
-
-
 def guest_command(step: Step) -> list[str]:
     """The argv that runs a step in the guest as its user (root's session runs runuser)."""
     if step.user == "root":
@@ -139,7 +103,7 @@ def run_scenario(settings: Settings, scenario: Scenario, backend: Backend) -> Ou
     """Run one scenario on the lab (brought up if needed); never raises a LabError."""
     started_at = datetime.datetime.now(datetime.UTC)
     started = time.monotonic()
-    phases = _Phases()
+    phases = Phases()
     bundle: ResultsBundle | None = None
     run: _Run | None = None
     error: str | None = None
@@ -238,7 +202,7 @@ def _with_serial(message: str, serial: Path, since: int) -> str:
 
 class _Run:
     def __init__(self, settings: Settings, scenario: Scenario, bundle: ResultsBundle,
-                 phases: _Phases) -> None:
+                 phases: Phases) -> None:
         self.settings = settings
         self.scenario = scenario
         self.bundle = bundle
@@ -299,12 +263,12 @@ class _Run:
                                           result.timed_out)
 
         self.phases.run([
-            Step_("upload", lambda: upload_sources(ssh, tarball)),
-            Step_("preflight+build", prepare),
-            Step_("setup", setup),
+            Phase("upload", lambda: upload_sources(ssh, tarball)),
+            Phase("preflight+build", prepare),
+            Phase("setup", setup),
             # Detaching closes the loaders' stdin: they drain their ring buffers and exit.
-            Step_("attach", attach, cleanup=lambda: self._detach(ssh)),
-            Step_("steps", steps),
+            Phase("attach", attach, cleanup=lambda: self._detach(ssh)),
+            Phase("steps", steps),
         ])
         with self.phases("collect"):
             finish = guest.finish(list(self.scenario.collect.live_text))
