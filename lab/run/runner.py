@@ -169,8 +169,8 @@ def run_scenario(settings: Settings, scenario: Scenario, backend: Backend) -> Ou
         "error": error,
     }
     try:
-        bundle.write_junit(scenario.name, checks, error, duration)
         bundle.write_json("summary.json", summary)
+        bundle.write_junit(scenario.name, checks, error, duration)
     except LabFailure as exc:
         error = f"{error + ' ' if error else ''}{exc}"
         return Outcome("error", bundle.path, checks, error, exc.code, phases.times)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import threading
 import time
@@ -139,3 +140,17 @@ def test_results_that_cannot_be_written_are_a_lab_failure(tmp_path: Path,
     settings = Settings(home=tmp_path / "home", results=tmp_path / "results")
     with pytest.raises(LabFailure, match=r"Could not write .*results/acl-basic"):
         run_scenario(settings, scenario, FakeLab(settings))
+
+
+def test_results_disk_filling_during_the_run_is_a_clean_lab_failure(
+        settings: Settings, scenario: Scenario, monkeypatch: pytest.MonkeyPatch) -> None:
+    def fill_the_disk() -> None:
+        def full(fd: int) -> None:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        monkeypatch.setattr("lab.results.bundle.os.fsync", full)
+
+    outcome = run_scenario(settings, scenario, FakeLab(settings, on_up=fill_the_disk))
+    assert (outcome.status, outcome.exit_code) == ("error", 2)
+    assert "The results disk is full: could not write" in str(outcome.error)
+    # The provisional summary is intact (never a 0-byte file): it says the run was under way.
+    assert summary(outcome.bundle)["status"] == "running"
