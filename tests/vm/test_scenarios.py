@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import time
@@ -156,6 +157,34 @@ def test_setup_timeout_and_missing_user_messages(lab: Cli, tmp_path: Path) -> No
     proc = lab("scenario", "run", str(scenario_file(tmp_path, "rn-no-user", nobody)))
     assert proc.returncode == 1
     assert "runuser: user rnnobody does not exist" in proc.stdout
+
+
+FILL = ("import os\n"
+        "fd = os.open('/rn-fill', os.O_CREAT | os.O_WRONLY)\n"
+        "size, at = 1 << 34, 0\n"
+        "while size >= 4096:\n"
+        "    try:\n"
+        "        os.posix_fallocate(fd, at, size)\n"
+        "        at += size\n"
+        "    except OSError:\n"
+        "        size //= 2\n")
+
+
+def test_full_guest_disk_is_named_with_the_fix(lab: Cli) -> None:
+    # No built probes in the guest, so the run must write there; then fill the root disk.
+    prepared = lab.guest("rm", "-rf", "/var/cache/fentry-lab/build", "&&", "python3", "-c",
+                         shlex.quote(FILL))
+    assert prepared.returncode == 0, prepared.stderr
+    try:
+        proc = lab("scenario", "run", "acl-basic")
+        assert proc.returncode == 2, proc.stdout + proc.stderr
+        assert "the guest's disk is full (No space left on device)" in proc.stdout
+        assert "`invoke lab.destroy && invoke lab.up`" in proc.stdout
+        assert lab.summary("acl-basic")["status"] == "error"
+    finally:
+        assert lab.guest("rm", "-f", "/rn-fill").returncode == 0
+    again = lab("scenario", "run", "acl-basic")
+    assert again.returncode == 0, again.stdout + again.stderr
 
 
 def test_guest_panic_mid_run_is_a_lab_failure_naming_it(lab: Cli, tmp_path: Path) -> None:
