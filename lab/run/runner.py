@@ -237,7 +237,14 @@ class _Run:
         def prepare() -> None:
             build_cache = self.settings.home / "builds" / f"{key}.tar"
             restore_build(ssh, build_dir, build_cache)
-            facts.append(self._prepare(guest, image, build_dir))
+            try:
+                facts.append(self._prepare(guest, image, build_dir))
+            except (ProbeLoadError, LabFailure):
+                # A failed build (a full disk, say) may leave truncated files that the next
+                # run would trust: start that one from scratch.
+                with contextlib.suppress(LabError):
+                    ssh.run(["rm", "-rf", build_dir], timeout=60)
+                raise
             if facts[0].build.cached is False:
                 save_build(ssh, build_dir, build_cache)
 
