@@ -182,9 +182,16 @@ int main(int argc, char **argv)
 				continue;
 			link = bpf_program__attach(prog);
 			if (!link) {
+				const char *sec = bpf_program__section_name(prog);
+				const char *fn = strchr(sec, '/');
+
 				err = -errno;
-				fprintf(stderr, "lab-loader: failed to attach %s in %s: %s\n",
-					bpf_program__name(prog), argv[i], strerror(-err));
+				/* Name the kernel function: "busy" alone does not say
+				 * which target is not traceable. */
+				fprintf(stderr, "lab-loader: failed to attach program %s "
+					"(%s) to function %s in %s: %s\n",
+					bpf_program__name(prog), sec, fn ? fn + 1 : "?",
+					argv[i], strerror(-err));
 				ret = 3;
 				goto cleanup;
 			}

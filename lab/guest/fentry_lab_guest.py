@@ -300,4 +300,12 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except OSError as exc:  # a full disk is the usual cause: say it in one line for the host
+        # (tempfile says "No usable temporary directory", not ENOSPC, so look at the disk.)
+        root = os.statvfs("/")
+        full = root.f_bavail * root.f_frsize < (1 << 20)
+        why = "No space left on device (the root disk is full)" if full else str(exc)
+        print(f"fentry-lab-guest: {why}: {exc}", file=sys.stderr)
+        sys.exit(3)
