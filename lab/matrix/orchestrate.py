@@ -35,6 +35,7 @@ from lab import console
 from lab.config import Settings
 from lab.errors import LabError
 from lab.image.build import Image, build_image, find_image, load_recipe
+from lab.image.recipe import DEFAULT_MATRIX_RELEASES
 from lab.results.bundle import run_id as new_run_id
 from lab.run.probes import GUEST_SRC, pack_sources, upload_sources
 from lab.run.runner import run_scenario
@@ -43,7 +44,7 @@ from lab.ssh import Session
 from lab.vm import backend_for
 from lab.vm.base import Backend
 
-DEFAULT_RELEASES = ("bullseye", "bookworm", "trixie")
+DEFAULT_RELEASES = DEFAULT_MATRIX_RELEASES  # all five: bullseye .. sid
 FENTRY_SINCE = (5, 5)  # BPF trampolines (fentry/fexit) appeared in Linux 5.5
 NOT_APPLICABLE = "not applicable"
 LAB_ERROR = "lab error"
