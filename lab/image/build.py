@@ -46,6 +46,7 @@ from lab.image.cache import (
     read_image,
     sha256_file,
     verify_image,
+    write_stamp,
 )
 from lab.image.keys import LabKeys, ensure_keys
 from lab.image.recipe import (
@@ -137,11 +138,17 @@ def _mmdebstrap(recipe: Recipe, keys: LabKeys, tree: Path, out: Path, epoch: int
     }
     missing: list[str] = []
 
+    set_up = 0
+
     def show(line: str) -> None:
+        nonlocal set_up
         missing.extend(missing_packages(line))
-        if line.startswith(("I: ", "fentry-lab: ", "Get:", "E: ", "W: ")) and not line.startswith(
-                "Get:"):
+        if line.startswith(("I: ", "fentry-lab: ", "E: ", "W: ")):
             console.say(f"  {line}")
+        elif line.startswith("Setting up "):  # dpkg's long quiet phase: show it moves
+            set_up += 1
+            if set_up % 100 == 0:
+                console.say(f"  ... {set_up} packages set up")
 
     try:
         run_in_group(argv, build=out, what="mmdebstrap", on_line=show, env=env)
@@ -255,6 +262,7 @@ def build_image(settings: Settings, release: str | None = None, *, force: bool =
             if final.exists():
                 shutil.rmtree(final)
             tmp.rename(final)
+            write_stamp(make_image(final, image.manifest))  # hashed just now, in the manifest
         except BaseException:
             remove_build_dir(tmp)
             raise

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import shutil
 from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -215,6 +216,14 @@ def check_intact(image: Image) -> list[str]:
         pass
     problems = verify_image(image)
     if not problems:
-        with contextlib.suppress(OSError):  # a read-only cache: hash again next time
-            stamp_path.write_text(json.dumps(now))
+        write_stamp(image, now)
     return problems
+
+
+def write_stamp(image: Image, stamp: dict[str, list[int]] | None = None) -> None:
+    """Record the artefacts as verified (the builder calls it: it has just hashed them)."""
+    path = image.directory / STAMP
+    tmp = path.with_name(f"{STAMP}.{os.getpid()}")
+    with contextlib.suppress(OSError):  # a read-only cache: hash again next time
+        tmp.write_text(json.dumps(stamp if stamp is not None else _stamp(image)))
+        os.replace(tmp, path)
