@@ -74,7 +74,7 @@ MIN_FREE_BYTES = 5 * 1024**3  # tree (~1.4 GB) + raw image + qcow2, with margin
 _remove_stale_builds = remove_stale_builds  # older name, kept for tests
 
 
-def _mirror_release_date(recipe: Recipe) -> int:
+def _mirror_release(recipe: Recipe) -> tuple[int, bool]:
     """Fetch the suite's Release file: proves the mirror answers and dates the build.
 
     The Release file's Date becomes SOURCE_DATE_EPOCH, so the same mirror state gives the
@@ -95,7 +95,13 @@ def _mirror_release_date(recipe: Recipe) -> int:
     match = re.search(r"^Date:\s*(.+)$", text, re.MULTILINE)
     if not match:
         raise LabError(f"{url} has no Date field: is {recipe.mirror} a Debian mirror?")
-    return int(email.utils.parsedate_to_datetime(match.group(1)).timestamp())
+    date = int(email.utils.parsedate_to_datetime(match.group(1)).timestamp())
+    # A mirror that is a snapshot (as here) serves suites past their Valid-Until (sid's is a
+    # week): apt would refuse them. The signature is still checked; the manifest says so.
+    until = re.search(r"^Valid-Until:\s*(.+)$", text, re.MULTILINE)
+    expired = bool(until) and email.utils.parsedate_to_datetime(
+        until.group(1) if until else "").timestamp() < time.time()
+    return date, expired
 
 
 def _check_disk_space(where: Path) -> None:
@@ -118,13 +124,14 @@ def missing_packages(line: str) -> list[str]:
 
 
 def _mmdebstrap(recipe: Recipe, keys: LabKeys, tree: Path, out: Path, epoch: int,
-                kernel_release: str = "") -> None:
+                kernel_release: str = "", *, expired: bool = False) -> None:
     mode = "root" if os.geteuid() == 0 else "unshare"
     if mode == "unshare" and not Path("/proc/sys/kernel/unprivileged_userns_clone").exists():
         console.warn("not root: trying mmdebstrap's unshare mode (needs user namespaces)")
     argv = [
         "mmdebstrap", f"--mode={mode}", "--variant=minbase", "--format=directory",
         "--aptopt=Acquire::Retries 3",
+        *(["--aptopt=Acquire::Check-Valid-Until false"] if expired else []),
         f"--include={','.join(include_packages(recipe, kernel_release))}",
         f"--customize-hook={recipe.path.parent / 'customize.sh'} \"$1\"",
         recipe.suite, str(tree), *apt_sources(recipe),
@@ -238,7 +245,10 @@ def build_image(settings: Settings, release: str | None = None, *, force: bool =
             return existing
         remove_stale_builds(settings.images_cache)
         _check_disk_space(settings.images_cache)
-        epoch = _mirror_release_date(recipe)
+        epoch, expired = _mirror_release(recipe)
+        if expired:
+            console.warn(f"the mirror's {recipe.suite} Release is past its Valid-Until (a "
+                         "snapshot mirror): building from it anyway, as the manifest records")
         kernel_release = resolve_kernel(recipe) if recipe.kernel else ""
         started = time.monotonic()
         tmp = Path(tempfile.mkdtemp(prefix=f".build-{recipe.release}-",
@@ -252,12 +262,13 @@ def build_image(settings: Settings, release: str | None = None, *, force: bool =
                 if kernel_release else ""
             console.say(f"[1/3] installing Debian {recipe.suite} from {recipe.mirror}{picked} "
                         "(mmdebstrap, a few minutes)")
-            _mmdebstrap(recipe, keys, tree, tmp, epoch, kernel_release)
+            _mmdebstrap(recipe, keys, tree, tmp, epoch, kernel_release, expired=expired)
             console.say("[2/3] building the disk image")
             _make_disk(tree, tmp, recipe, digest, epoch)
             remove_build_dir(tree)
             console.say("[3/3] hashing artefacts and writing the manifest")
-            image = _write_manifest(tmp, recipe, digest, epoch, started, kernel_release)
+            image = _write_manifest(tmp, recipe, digest, epoch, started, kernel_release,
+                                    expired)
             (tmp / "builder.pid").unlink()
             if final.exists():
                 shutil.rmtree(final)
@@ -274,7 +285,7 @@ def build_image(settings: Settings, release: str | None = None, *, force: bool =
 
 
 def _write_manifest(out: Path, recipe: Recipe, digest: str, epoch: int,
-                    started: float, picked_kernel: str = "") -> Image:
+                    started: float, picked_kernel: str = "", expired: bool = False) -> Image:
     kernel_release = (out / "kernel-release.txt").read_text().strip()
     build_id = build_id_from_elf(out / "vmlinux")
     if not build_id:
@@ -302,6 +313,7 @@ def _write_manifest(out: Path, recipe: Recipe, digest: str, epoch: int,
                        "package": f"linux-image-{picked_kernel}="
                                   + packages.get(f"linux-image-{picked_kernel}", "")}}
            if picked_kernel else {}),
+        **({"release_expired": True} if expired else {}),
         **({"moving": True, "note": f"{recipe.suite} moves: this image pins the versions in "
                                     "`packages` and the mirror state of source_date_epoch"}
            if recipe.moving else {}),

@@ -122,12 +122,12 @@ def test_missing_package_is_recognised_in_apt_output() -> None:
 def test_interrupted_build_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Ctrl-C in the middle of a build removes the temporary build and keeps no image."""
     def interrupted(recipe: object, keys: object, tree: Path, out: Path, epoch: int,
-                    kernel: str = "") -> None:
+                    kernel: str = "", *, expired: bool = False) -> None:
         tree.mkdir()
         (tree / "half-written").write_text("x")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(image_mod, "_mirror_release_date", lambda recipe: 1700000000)
+    monkeypatch.setattr(image_mod, "_mirror_release", lambda recipe: (1700000000, False))
     monkeypatch.setattr(image_mod, "_mmdebstrap", interrupted)
     settings = scratch_settings(tmp_path)
     with pytest.raises(KeyboardInterrupt):
