@@ -145,17 +145,10 @@ def _mmdebstrap(recipe: Recipe, keys: LabKeys, tree: Path, out: Path, epoch: int
     }
     missing: list[str] = []
 
-    set_up = 0
-
     def show(line: str) -> None:
-        nonlocal set_up
         missing.extend(missing_packages(line))
         if line.startswith(("I: ", "fentry-lab: ", "E: ", "W: ")):
             console.say(f"  {line}")
-        elif line.startswith("Setting up "):  # dpkg's long quiet phase: show it moves
-            set_up += 1
-            if set_up % 100 == 0:
-                console.say(f"  ... {set_up} packages set up")
 
     try:
         run_in_group(argv, build=out, what="mmdebstrap", on_line=show, env=env)

@@ -105,3 +105,33 @@ def test_lab_up_refuses_a_tampered_image(tmp_path: Path) -> None:
     finally:
         subprocess.run([INVOKE, "lab.destroy"], cwd=REPO, env=env, capture_output=True,
                        timeout=120, check=False)
+
+
+@pytest.mark.parametrize("release", ["trixie-backports", "sid"])
+def test_newest_kernels_run_the_acl_scenarios(tmp_path: Path, release: str) -> None:
+    """acl-basic and acl-portable on the newest kernels (skipped until their image is built:
+    `invoke image.build --release trixie-backports`, a few minutes each)."""
+    from lab.image.cache import find_image
+
+    image = find_image(load_settings(flags={"release": release}))
+    if image is None:
+        pytest.skip(f"no {release} image in the cache")
+    name = f"im-{release.replace('-', '')[:10]}"
+    env = {**os.environ, "FENTRY_LAB_NAME": name, "FENTRY_LAB_RESULTS": str(tmp_path)}
+
+    def invoke(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([INVOKE, *args], cwd=REPO, env=env, capture_output=True,
+                              text=True, timeout=900, check=False)
+
+    try:
+        up = invoke("lab.up", "--release", release)
+        assert up.returncode == 0, up.stderr
+        for scenario in ("acl-basic", "acl-portable"):
+            run = invoke("scenario.run", scenario)
+            assert run.returncode == 0, run.stdout + run.stderr
+            summary = json.loads((tmp_path / scenario / "latest" / "summary.json").read_text())
+            assert summary["status"] == "passed"
+            assert summary["kernel"] == image.kernel_release
+    finally:
+        invoke("lab.destroy")
+        assert not qemu_pids(load_settings().labs_dir / name)
