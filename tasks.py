@@ -51,14 +51,16 @@ def friendly_errors(interrupt_code: int = 130) -> Iterator[None]:
 
 @task(help={"release": LAB_FLAGS["release"],
             "force": "Rebuild even when the cached image is current",
-            "mirror": "Debian mirror URL (default: the recipe's)"})
+            "mirror": "Debian mirror URL (default: the recipe's)",
+            "kernel": "Kernel version for trixie-backports/sid (default: newest with -dbg)"})
 def image_build(c: Context, release: str | None = None, force: bool = False,
-                mirror: str | None = None) -> None:
+                mirror: str | None = None, kernel: str | None = None) -> None:
     """Build (or reuse) the lab image for a release."""
     from lab.image.build import build_image
 
     with friendly_errors():
-        image = build_image(settings_from(c, release=release, mirror=mirror), force=force)
+        image = build_image(settings_from(c, release=release, mirror=mirror, kernel=kernel),
+                            force=force)
         print(image.directory)
 
 
@@ -74,10 +76,14 @@ def image_list(c: Context) -> None:
 @task
 def image_prune(c: Context) -> None:
     """Delete cached images that no current recipe builds and no lab uses."""
-    from lab.image.build import prune_images
+    from lab.image.cache import prune
+    from lab.vm.base import LabState
 
     with friendly_errors():
-        removed = prune_images(settings_from(c))
+        settings = settings_from(c)
+        states = [LabState.load(p, p.parent.name, "")
+                  for p in settings.labs_dir.glob("*/state.json")]
+        removed = prune(settings, keep={s.image for s in states if s.image})
         for path in removed:
             print(f"removed {path}")
         if not removed:

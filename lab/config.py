@@ -27,6 +27,7 @@ class Settings:
     home: Path = field(default_factory=default_home)  # images, keys, labs
     release: str = "trixie"
     mirror: str = ""  # empty: the recipe's mirror
+    kernel: str = ""  # empty: the recipe's (newest with -dbg); or a version, e.g. 7.2.12
     name: str = "default"  # which lab
     backend: str = "qemu"
     accel: str = "auto"  # auto | kvm | tcg

@@ -31,6 +31,7 @@ from lab import console
 from lab.config import Settings
 from lab.errors import LabError, LabFailure, UsageError
 from lab.image.build import Image, build_image, find_image, known_releases, load_recipe, read_image
+from lab.image.recipe import DEFAULT_MATRIX_RELEASES
 from lab.matrix.table import LAB_ERROR, NOT_APPLICABLE, MatrixRun, write_table
 from lab.results.bundle import new_run_dir, write_atomic, write_json
 from lab.run.guest import Facts, GuestHelper, StaticCache
@@ -42,7 +43,7 @@ from lab.ssh import Session
 from lab.vm import backend_for
 from lab.vm.base import Backend
 
-DEFAULT_RELEASES = ("bullseye", "bookworm", "trixie")
+DEFAULT_RELEASES = DEFAULT_MATRIX_RELEASES  # all five: bullseye .. sid
 __all__ = ["MatrixRun", "default_jobs", "parse_releases", "run_matrix"]
 
 

@@ -106,7 +106,7 @@ def lab_image(image: Image) -> Image:
         return image
     boot = dict(image.boot)
     boot.update(BOOT)
-    return Image(image.directory, {**image.manifest, "boot": boot})
+    return Image(image.directory, {**image.manifest.raw, "boot": boot})
 
 
 def kernel_args(user_args: str) -> str:

@@ -329,11 +329,12 @@ def test_preflight_problems() -> None:
 
 def test_parse_releases() -> None:
     images = REPO / "images"
-    assert parse_releases(None, images) == ["bullseye", "bookworm", "trixie"]
+    assert parse_releases(None, images) == ["bullseye", "bookworm", "trixie", "trixie-backports",
+                                            "sid"]
     assert parse_releases("trixie, bookworm,trixie", images) == ["trixie", "bookworm"]
     assert parse_releases(["bullseye"], images) == ["bullseye"]
-    with pytest.raises(LabError, match=r"Unknown release\(s\) sid: use a comma-separated"):
-        parse_releases("trixie,sid", images)
+    with pytest.raises(LabError, match=r"Unknown release\(s\) forky: use a comma-separated"):
+        parse_releases("trixie,forky", images)
     with pytest.raises(LabError, match=r"\(none given\)"):
         parse_releases(" , ", images)
 
@@ -478,8 +479,8 @@ def test_run_matrix_keep_and_bad_arguments(fake_lab: list[str], tmp_path: Path) 
     with pytest.raises(LabError, match="Bad lab name prefix 'default'"):
         run_matrix(settings, scenario, ["trixie"], prefix="default",
                    backend_factory=FakeBackend)
-    with pytest.raises(LabError, match="Unknown release 'sid'"):
-        run_matrix(settings, scenario, ["sid"], backend_factory=FakeBackend)
+    with pytest.raises(LabError, match="Unknown release 'forky'"):
+        run_matrix(settings, scenario, ["forky"], backend_factory=FakeBackend)
 
 
 # --------------------------------------------------------------------------- the CLI
@@ -492,11 +493,11 @@ def invoke(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
 
 
 def test_cli_matrix_words_and_errors(tmp_path: Path) -> None:
-    proc = invoke("matrix", "run", "acl-portable", "--releases", "trixie,sid", home=tmp_path)
+    proc = invoke("matrix", "run", "acl-portable", "--releases", "trixie,forky", home=tmp_path)
     assert proc.returncode == 1
     assert proc.stderr.strip() == (
-        "fentry-lab: error: Unknown release(s) sid: use a comma-separated list of bookworm, "
-        "bullseye, trixie.")
+        "fentry-lab: error: Unknown release(s) forky: use a comma-separated list of bookworm, "
+        "bullseye, sid, trixie, trixie-backports.")
     proc = invoke("matrix", "walk", "acl-portable", home=tmp_path)
     assert proc.returncode == 1
     assert "unknown matrix action 'walk': use run." in proc.stderr
