@@ -26,9 +26,10 @@ from typing import Any, Final, NoReturn, cast
 
 import yaml
 
+from lab.config import SHIPPED
 from lab.errors import LabError
 
-SCHEMA_PATH: Final = Path(__file__).resolve().parents[2] / "scenarios" / "schema.json"
+SCHEMA_PATH: Final = SHIPPED / "scenarios" / "schema.json"
 
 DEFAULT_USER: Final = "root"
 DEFAULT_LOADER: Final = "libbpf"
