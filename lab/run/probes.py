@@ -31,13 +31,19 @@ LAB_DIR = Path(__file__).resolve().parents[1]
 SKIP_PARTS = {"build", "__pycache__", ".mypy_cache"}
 
 
-def pack_sources(bpf_dir: Path) -> bytes:
-    """A deterministic tarball: bpf/ plus the guest helper, mtimes zeroed, sorted."""
-    members: list[tuple[str, Path]] = []
-    for path in sorted(bpf_dir.rglob("*")):
-        rel = path.relative_to(bpf_dir)
-        if path.is_file() and not SKIP_PARTS & set(rel.parts):
-            members.append((f"bpf/{rel}", path))
+def pack_sources(bpf_dirs: Path | Sequence[Path]) -> bytes:
+    """A deterministic tarball: bpf/ plus the guest helper, mtimes zeroed, sorted.
+
+    Several directories (the user's, then the shipped one) merge into one bpf/; a file in
+    an earlier directory wins over the same path in a later one.
+    """
+    found: dict[str, Path] = {}
+    for bpf_dir in [bpf_dirs] if isinstance(bpf_dirs, Path) else bpf_dirs:
+        for path in sorted(bpf_dir.rglob("*")):
+            rel = path.relative_to(bpf_dir)
+            if path.is_file() and not SKIP_PARTS & set(rel.parts):
+                found.setdefault(f"bpf/{rel}", path)
+    members = sorted(found.items())
     members.append(("guest/fentry_lab_guest.py", LAB_DIR / "guest" / "fentry_lab_guest.py"))
     members.append(("guest/elf.py", LAB_DIR / "elf.py"))
     buf = io.BytesIO()

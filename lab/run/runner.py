@@ -159,19 +159,20 @@ class _Run:
             console.say(f"kernel {image.kernel_release}: using {resolved.describe_variant()}")
             self.scenario = resolved
             self.live = {fn: {} for fn in resolved.collect.live_text}
-        repo = self.settings.bpf_dir.parent
+        bpf_dirs = self.settings.bpf_dirs  # the user's probes first, then the shipped ones
         for probe in self.scenario.probes:
-            if not (repo / probe.source).is_file():
+            rel = probe.source.removeprefix("bpf/")
+            if not any((d / rel).is_file() for d in bpf_dirs):
                 raise ScenarioAborted(
-                    f"Probe {probe.name!r}: its source {probe.source} does not exist (relative "
-                    f"to {repo}). Probe sources live under bpf/; fix `source` in "
-                    f"{self.scenario.path.name}.")
+                    f"Probe {probe.name!r}: its source {probe.source} does not exist (looked "
+                    f"in {', '.join(str(d) for d in bpf_dirs)}). Probe sources live under "
+                    f"bpf/; fix `source` in {self.scenario.path.name}.")
             if not probe.source.startswith("bpf/"):
                 raise ScenarioAborted(
                     f"Probe {probe.name!r}: {probe.source} is outside bpf/, which is what is "
                     "built and sent to the guest; move it under bpf/.")
         with self.phase("upload"):
-            tarball = pack_sources(self.settings.bpf_dir)
+            tarball = pack_sources(bpf_dirs)
             upload_sources(ssh, tarball)
         key = build_key(tarball, image.kernel_release, str(image.manifest["recipe_digest"]))
         build_dir = f"{GUEST_BUILD}/{key}"
