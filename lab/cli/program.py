@@ -8,8 +8,10 @@ completion also offers the scenario words, scenario names and releases.
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -120,4 +122,9 @@ def make_program() -> LabProgram:
 
 
 def main(argv: Any = None) -> None:
-    make_program().run(argv)
+    try:
+        make_program().run(argv)
+    except BrokenPipeError:  # `fentry-lab --list | head`: the reader went away, not an error
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        sys.exit(0)

@@ -305,7 +305,7 @@ def test_bad_values_are_refused_with_the_setting_named(values: dict[str, str],
 
 def test_results_that_is_a_file_is_refused(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("")
-    with pytest.raises(UsageError, match="Setting 'results' is .*, which is a file"):
+    with pytest.raises(UsageError, match=r"Setting .results. is .*, which is a file"):
         load_settings(environ={"FENTRY_LAB_RESULTS": str(tmp_path / "file")})
 
 
