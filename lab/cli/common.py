@@ -43,8 +43,9 @@ class IntArgument(Argument):
         try:
             super().set_value(value, cast)
         except ValueError:
-            raise ParseError(f"fentry-lab: error: --{str(self.name).replace('_', '-')} takes a whole "
-                             f"number, not {value!r}.") from None
+            flag = str(self.name).replace("_", "-")
+            raise ParseError(f"fentry-lab: error: --{flag} takes a whole number, "
+                             f"not {value!r}.") from None
 
 
 class LabTask(Task[Any]):

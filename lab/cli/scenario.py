@@ -26,10 +26,12 @@ VERBS = (*sorted(VERBS_WITH_NAME), "list")
 
 @lab_task(klass=word_task(VERBS_WITH_NAME), positional=["scenario", "word"], help={
     "scenario": NAME_HELP, "word": "(the name, in the word form `scenario run NAME`)",
-    "scenarios": SCENARIOS_FLAG, **LAB_FLAGS})
+    "scenarios": SCENARIOS_FLAG, "json": "Print the run's summary.json (with `scenario list`:"
+    " the scenarios as JSON) instead of text", **LAB_FLAGS})
 def run(c: Context, scenario: str, word: str | None = None, name: str | None = None,
         release: str | None = None, backend: str | None = None, accel: str | None = None,
-        cpus: int | None = None, memory: int | None = None, scenarios: str | None = None) -> None:
+        cpus: int | None = None, memory: int | None = None, scenarios: str | None = None,
+        json: bool = False) -> None:
     """Run a scenario on the lab (brought up if needed) and check its expectations.
 
     Examples: invoke scenario run acl-basic; invoke scenario.run ./mine.yaml --name two
@@ -38,7 +40,7 @@ def run(c: Context, scenario: str, word: str | None = None, name: str | None = N
                  "cpus": cpus, "memory": memory}
     with friendly_errors():
         if word is None or word == "":
-            _run(c, scenario, scenarios, lab_flags)
+            _run(c, scenario, scenarios, lab_flags, json)
             return
         verb = scenario
         given = [f"--{key}" for key, value in lab_flags.items() if value is not None]
@@ -47,7 +49,7 @@ def run(c: Context, scenario: str, word: str | None = None, name: str | None = N
                              "`scenario run`.")
     if verb == "run":
         run(c, word, name=name, release=release, backend=backend, accel=accel, cpus=cpus,
-            memory=memory, scenarios=scenarios)
+            memory=memory, scenarios=scenarios, json=json)
     elif verb == "validate":
         validate(c, word, scenarios=scenarios)
     else:
@@ -55,9 +57,9 @@ def run(c: Context, scenario: str, word: str | None = None, name: str | None = N
 
 
 def _run(c: Context, scenario: str, scenarios: str | None,
-         lab_flags: Mapping[str, object]) -> None:
+         lab_flags: Mapping[str, object], json: bool) -> None:
     if scenario == "list":
-        list_(c, scenarios=scenarios)
+        list_(c, json=json, scenarios=scenarios)
         return
     if scenario in VERBS_WITH_NAME:
         raise UsageError(f"`scenario {scenario}` needs a scenario name, e.g. "
@@ -71,7 +73,11 @@ def _run(c: Context, scenario: str, scenarios: str | None,
     path = find_scenario_path(scenario, settings)
     loaded = load_scenario(path)  # an invalid scenario: ScenarioError, exit 1
     outcome = run_scenario(settings, loaded, backend_for(settings))
-    emit(views.outcome_text(loaded.name, outcome))
+    summary = outcome.bundle / "summary.json"
+    if json and summary.is_file():
+        emit(summary.read_text(), end="")
+    else:
+        emit(views.outcome_text(loaded.name, outcome))
     if outcome.exit_code:
         raise Exit(code=outcome.exit_code)
 
