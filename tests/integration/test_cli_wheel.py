@@ -51,7 +51,8 @@ def user_dir(tmp_path: Path) -> Path:
     text = text.replace("name: acl-basic", "name: my-acl")
     text = text.replace("bpf/acl/fentry.bpf.c", "bpf/mine/fentry.bpf.c")
     (mine / "scenarios" / "my-acl.yaml").write_text(text)
-    shutil.copy(REPO / "bpf" / "acl" / "fentry.bpf.c", mine / "bpf" / "mine" / "fentry.bpf.c")
+    for part in ("fentry.bpf.c", "acl_event.h"):
+        shutil.copy(REPO / "bpf" / "acl" / part, mine / "bpf" / "mine" / part)
     return mine
 
 
