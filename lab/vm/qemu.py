@@ -215,7 +215,8 @@ class QemuBackend:
                 state.save(self.state_file)
                 console.say(f"lab {self.settings.name!r} is up in {state.ready_after_s:.1f} s "
                             f"(guest ready at {float(ready.group(1)):.1f} s of its uptime): "
-                            f"`invoke lab.ssh` or ssh -p {port} root@127.0.0.1")
+                            "`invoke lab.ssh`, or `invoke lab.ssh-config` for scp/rsync "
+                            "(host key pinned)")
                 return target
             except BaseException:
                 self._kill(proc.pid)

@@ -104,3 +104,20 @@ def test_the_wheel_carries_the_guest_files(installed: Path) -> None:
                  "guest/fentry_lab_guest.py", "guest/elf.py"):
         assert name in names.split()
     assert (Path(root) / "images" / "customize.sh").stat().st_mode & 0o100
+
+
+def python39() -> str | None:
+    """The oldest guest Python (bullseye's 3.9), if this machine has one."""
+    pyenv = sorted(Path.home().glob(".pyenv/versions/3.9*/bin/python3.9"))  # not the shim
+    candidates = [*map(str, pyenv), "/usr/bin/python3.9"]
+    return next((c for c in candidates if Path(c).is_file()), None)
+
+
+@pytest.mark.skipif(python39() is None, reason="no Python 3.9 on this machine")
+def test_guest_code_compiles_under_the_oldest_guest_python() -> None:
+    # Ruff checks these files against py39 (per-file-target-version); this compiles them.
+    files = [REPO / "lab" / "guest" / "fentry_lab_guest.py", REPO / "lab" / "elf.py"]
+    code = "import sys\nfor f in sys.argv[1:]:\n    compile(open(f).read(), f, 'exec')\n"
+    proc = subprocess.run([str(python39()), "-c", code, *map(str, files)],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr
