@@ -116,17 +116,23 @@ def emit(text: str, end: str = "\n") -> None:
 
 def find_scenario_path(name: str, settings: Settings) -> Path:
     """A scenario file: a path, else NAME.yaml in the user's directory, then the shipped."""
+    from lab.config import check_name
     from lab.scenario.model import ScenarioError, find_scenario
 
-    for directory in settings.scenario_dirs[:-1]:
-        try:
-            return find_scenario(name, directory)
-        except ScenarioError:
-            continue
+    if not name.endswith(".yaml") and "/" not in name:
+        check_name(name, "scenario name")  # also a file name: no '..', no 300 characters
     try:
+        for directory in settings.scenario_dirs[:-1]:
+            try:
+                return find_scenario(name, directory)
+            except ScenarioError:
+                continue
         return find_scenario(name, settings.scenario_dirs[-1])
     except LabError as exc:  # an invalid or unknown scenario is the user's to fix: exit 1
         raise UsageError(str(exc)) from None
+    except OSError as exc:  # e.g. a path component longer than the filesystem allows
+        raise UsageError(f"Cannot use the scenario {name[:80]!r}: {exc.strerror}. Give a "
+                         "scenario name (see `scenario list`) or an existing .yaml file.") from None
 
 
 def check_choice(flag: str, value: int, low: int, what: str) -> int:
