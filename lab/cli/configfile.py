@@ -8,6 +8,12 @@ from pathlib import Path
 from lab.errors import UsageError
 
 SUFFIXES = (".yaml", ".yml", ".json")
+KINDS = {"int": "a number", "float": "a number", "str": "a string", "list": "a list",
+         "bool": "a boolean"}
+
+
+def kind(value: object) -> str:
+    return KINDS.get(type(value).__name__, f"a {type(value).__name__}")
 
 
 def config_files(prefix: Path) -> list[Path]:
@@ -39,9 +45,9 @@ def check_config_file(path: Path) -> None:
     if data is None:
         return
     if not isinstance(data, dict):
-        raise UsageError(f"The configuration file {path} holds a {type(data).__name__}, not "
+        raise UsageError(f"The configuration file {path} holds {kind(data)}, not "
                          f"a mapping of sections. {hint}")
     section = data.get("lab")
     if section is not None and not isinstance(section, dict):
-        raise UsageError(f"In the configuration file {path}, `lab:` is a "
-                         f"{type(section).__name__}, not a mapping of settings. {hint}")
+        raise UsageError(f"In the configuration file {path}, `lab:` is "
+                         f"{kind(section)}, not a mapping of settings. {hint}")

@@ -112,7 +112,7 @@ BROKEN_CONFIGS = {
     "syntax": ("lab: {memory: 4096\n", "is not valid YAML at line 2"),
     "tab": ("lab:\n\tmemory: 4096\n", "is not valid YAML at line 2, column 1"),
     "list": ("- lab\n- memory\n", "holds a list, not a mapping of sections"),
-    "lab-not-mapping": ("lab: 4096\n", "`lab:` is a int, not a mapping of settings"),
+    "lab-not-mapping": ("lab: 4096\n", "`lab:` is a number, not a mapping of settings"),
     "lab-list": ("lab: [memory, 4096]\n", "`lab:` is a list, not a mapping"),
 }
 
