@@ -216,3 +216,16 @@ def test_listing_imports_no_library_module(argv: list[str]) -> None:
                "lab.cli.configfile", "lab.cli.words", "lab.cli.image", "lab.cli.labs",
                "lab.cli.scenario", "lab.cli.matrix"}
     assert modules <= allowed, modules - allowed
+
+
+@pytest.mark.parametrize("argv", [["image.list", "--json"], ["lab.status", "--json"],
+                                  ["scenario", "list", "--json"], ["scenario.list", "--json"]])
+def test_json_output_parses(tmp_path: Path, argv: list[str]) -> None:
+    import json
+
+    proc = run(FENTRY_LAB, *argv, env=cli_env(tmp_path, {}))
+    assert proc.returncode == 0, proc.stderr
+    value = json.loads(proc.stdout)
+    assert isinstance(value, list)
+    if argv[0].startswith("scenario"):
+        assert any(row["name"] == "acl-basic" for row in value)
