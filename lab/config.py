@@ -226,4 +226,8 @@ def load_settings(
     settings = settings.with_overrides(from_environment(os.environ if environ is None else environ))
     if flags:
         settings = settings.with_overrides(flags)
+    default = Settings()
+    if settings.scenarios != default.scenarios and settings.probes == default.probes:
+        # Your scenarios elsewhere (--scenarios DIR): your probes beside them, in DIR/../bpf.
+        settings = dataclasses.replace(settings, probes=settings.scenarios.parent / "bpf")
     return validate(settings)

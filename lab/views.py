@@ -60,7 +60,7 @@ def status_table(statuses: Sequence[LabStatus]) -> str:
 
 def scenario_rows(scenario_dirs: Sequence[Path]) -> list[dict[str, object]]:
     """One row per scenario name, the first directory's file winning (the user's)."""
-    from lab.scenario.model import list_scenarios, load_scenario
+    from lab.scenario.load import list_scenarios, load_scenario
 
     rows: dict[str, dict[str, object]] = {}
     for directory in scenario_dirs:

@@ -23,6 +23,7 @@ from lab.errors import LabError, UsageError
 
 if TYPE_CHECKING:
     from lab.config import Settings
+    from lab.scenario.model import Scenario
 
 LAB_FLAGS = {
     "name": "Which lab (several can run at once; default: default)",
@@ -33,7 +34,7 @@ LAB_FLAGS = {
     "memory": "guest memory in MiB (default 2048)",
 }
 SCENARIOS_FLAG = ("Directory of your own scenarios, searched before the shipped ones "
-                  "(default: ./scenarios; your probes in ./bpf)")
+                  "(default: ./scenarios); your probes are in its sibling bpf/")
 
 
 class IntArgument(Argument):
@@ -116,11 +117,9 @@ def emit(text: str, end: str = "\n") -> None:
 
 def find_scenario_path(name: str, settings: Settings) -> Path:
     """A scenario file: a path, else NAME.yaml in the user's directory, then the shipped."""
-    from lab.config import check_name
-    from lab.scenario.model import ScenarioError, find_scenario
+    from lab.scenario.load import find_scenario
+    from lab.scenario.model import ScenarioError
 
-    if not name.endswith(".yaml") and "/" not in name:
-        check_name(name, "scenario name")  # also a file name: no '..', no 300 characters
     try:
         for directory in settings.scenario_dirs[:-1]:
             try:
@@ -139,3 +138,23 @@ def check_choice(flag: str, value: int, low: int, what: str) -> int:
     if value < low:
         raise UsageError(f"--{flag} is {value}: use {low} or more ({what}).")
     return value
+
+
+def load_checked(path: Path, settings: Settings) -> Scenario:
+    """Load a scenario whose probe sources are in the user's bpf/ or else the shipped one.
+
+    The loader checks sources against one project root; the user's directory is tried
+    first, and a scenario that fails there is tried against the shipped root.
+    """
+    from lab.scenario.load import load_scenario
+    from lab.scenario.model import ScenarioError
+
+    roots = [directory.parent for directory in settings.bpf_dirs]
+    first: ScenarioError | None = None
+    for root in roots:
+        try:
+            return load_scenario(path, root=root)
+        except ScenarioError as exc:  # the same for every root unless it is about a source
+            first = first or exc
+    assert first is not None
+    raise first

@@ -13,6 +13,7 @@ from lab.cli.common import (
     find_scenario_path,
     friendly_errors,
     lab_task,
+    load_checked,
     settings_from,
 )
 from lab.cli.words import word_task
@@ -41,7 +42,6 @@ def run(c: Context, scenario: str, word: str | None = None, releases: str | None
     Example: invoke matrix run acl-portable --releases bookworm,trixie
     """
     from lab.matrix.orchestrate import parse_releases, run_matrix
-    from lab.scenario.model import load_scenario
 
     with friendly_errors():
         if word:
@@ -53,7 +53,7 @@ def run(c: Context, scenario: str, word: str | None = None, releases: str | None
         settings = settings_from(c, accel=accel, cpus=cpus, memory=memory,
                                  scenarios=scenarios)
         path = find_scenario_path(scenario, settings)
-        loaded = load_scenario(path)  # an invalid scenario: ScenarioError, exit 1
+        loaded = load_checked(path, settings)  # an invalid scenario: ScenarioError, exit 1
         result = run_matrix(settings, loaded, parse_releases(releases, settings.images_dir),
                             jobs=jobs or None, keep=keep)
         emit(result.markdown, end="")

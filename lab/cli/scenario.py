@@ -14,6 +14,7 @@ from lab.cli.common import (
     find_scenario_path,
     friendly_errors,
     lab_task,
+    load_checked,
     settings_from,
 )
 from lab.cli.words import word_task
@@ -66,12 +67,11 @@ def _run(c: Context, scenario: str, scenarios: str | None,
                          f"`scenario {scenario} acl-basic` (see `scenario list`).")
     from lab import views
     from lab.run.runner import run_scenario
-    from lab.scenario.model import load_scenario
     from lab.vm import backend_for
 
     settings = settings_from(c, scenarios=scenarios, **lab_flags)
     path = find_scenario_path(scenario, settings)
-    loaded = load_scenario(path)  # an invalid scenario: ScenarioError, exit 1
+    loaded = load_checked(path, settings)  # an invalid scenario: ScenarioError, exit 1
     outcome = run_scenario(settings, loaded, backend_for(settings))
     summary = outcome.bundle / "summary.json"
     if json and summary.is_file():
@@ -97,11 +97,11 @@ def list_(c: Context, json: bool = False, scenarios: str | None = None) -> None:
 @lab_task(positional=["scenario"], help={"scenario": NAME_HELP, "scenarios": SCENARIOS_FLAG})
 def validate(c: Context, scenario: str, scenarios: str | None = None) -> None:
     """Check a scenario against the schema; exit 1 with file:line: path: message if invalid."""
-    from lab.scenario.model import load_scenario
 
     with friendly_errors():
-        path = find_scenario_path(scenario, settings_from(c, scenarios=scenarios))
-        load_scenario(path)
+        settings = settings_from(c, scenarios=scenarios)
+        path = find_scenario_path(scenario, settings)
+        load_checked(path, settings)
         emit(f"{path}: valid")
 
 

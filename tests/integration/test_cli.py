@@ -54,10 +54,9 @@ TRAPS: list[tuple[list[str], dict[str, str], str, int]] = [
     (["scenario", "run"], {}, "did not receive required positional arguments", 1),
     (["scenario", "validate", "no-such"], {}, "unknown scenario 'no-such'", 1),
     (["scenario", "validate", "../etc/passwd"], {}, "scenario names may not contain", 1),
-    (["scenario", "validate", LONG], {}, f"The scenario name '{'x' * 80}'... is not allowed",
-     1),
-    (["scenario", "validate", LONG + ".yaml"], {}, "File name too long", 1),
-    (["scenario", "validate", "a b"], {}, "The scenario name 'a b' is not allowed", 1),
+    (["scenario", "validate", LONG], {}, "bad scenario name 'xxxx", 1),
+    (["scenario", "validate", LONG + ".yaml"], {}, "(305 characters)", 1),
+    (["scenario", "validate", "a b"], {}, "bad scenario name 'a b'", 1),
     (["matrix", "run", "acl-portable", "--releases", "buster"], {}, "buster", 1),
 ]
 

@@ -49,9 +49,9 @@ def user_dir(tmp_path: Path) -> Path:
     (mine / "bpf" / "mine").mkdir(parents=True)
     text = (REPO / "scenarios" / "acl-basic.yaml").read_text()
     text = text.replace("name: acl-basic", "name: my-acl")
-    text = text.replace("bpf/acl/fentry.bpf.c", "bpf/mine/fentry.bpf.c")
+    text = text.replace("bpf/acl/", "bpf/mine/")  # every probe of theirs (one root each)
     (mine / "scenarios" / "my-acl.yaml").write_text(text)
-    for part in ("fentry.bpf.c", "acl_event.h"):
+    for part in ("fentry.bpf.c", "fexit.bpf.c", "acl_event.h"):
         shutil.copy(REPO / "bpf" / "acl" / part, mine / "bpf" / "mine" / part)
     return mine
 

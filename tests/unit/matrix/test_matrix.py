@@ -42,7 +42,7 @@ from lab.matrix.orchestrate import (
     trampoline_support,
 )
 from lab.run.runner import Outcome
-from lab.scenario.model import load_scenario
+from lab.scenario.load import load_scenario
 from lab.ssh import SshTarget
 from lab.vm.base import LabStatus
 from lab.vm.qemu import processes_of as qemu_pids
