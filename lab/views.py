@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import shlex
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -9,6 +12,7 @@ from lab.config import Settings
 from lab.errors import LabError
 from lab.image.build import Image
 from lab.run.runner import Outcome
+from lab.ssh import SshTarget
 from lab.vm.base import LabStatus
 
 
@@ -56,20 +60,83 @@ def status_table(statuses: Sequence[LabStatus]) -> str:
     return "\n".join([text, *problems])
 
 
-def scenarios_table(scenarios_dir: Path) -> str:
+def scenario_rows(scenario_dirs: Sequence[Path]) -> list[dict[str, object]]:
+    """One row per scenario name, the first directory's file winning (the user's)."""
     from lab.scenario.load import list_scenarios, load_scenario
 
-    rows = []
-    for path in list_scenarios(scenarios_dir):
-        try:
-            sc = load_scenario(path)
-            functions = list(sc.requires.functions)
-            for alt in sc.alternatives:  # other targets on other kernels
-                functions += [fn for fn in alt.functions if fn not in functions]
-            rows.append((sc.name, ", ".join(functions), sc.description))
-        except LabError as exc:
-            rows.append((path.stem, "-", f"INVALID: {exc}"))
-    return table(("SCENARIO", "FUNCTIONS", "DESCRIPTION"), rows)
+    rows: dict[str, dict[str, object]] = {}
+    for directory in scenario_dirs:
+        for path in list_scenarios(directory):
+            if path.stem in rows:
+                continue
+            try:
+                sc = load_scenario(path)
+                functions = list(sc.requires.functions)
+                for alt in sc.alternatives:  # other targets on other kernels
+                    functions += [fn for fn in alt.functions if fn not in functions]
+                rows[path.stem] = {"name": sc.name, "functions": functions,
+                                   "description": sc.description, "path": str(path),
+                                   "valid": True}
+            except LabError as exc:
+                rows[path.stem] = {"name": path.stem, "functions": [],
+                                   "description": f"INVALID: {exc}", "path": str(path),
+                                   "valid": False}
+    return sorted(rows.values(), key=lambda row: str(row["name"]))
+
+
+def scenarios_table(rows: Sequence[dict[str, object]]) -> str:
+    if not rows:
+        return "no scenarios (put NAME.yaml files in ./scenarios)"
+    return table(("SCENARIO", "FUNCTIONS", "DESCRIPTION"),
+                 [(r["name"], ", ".join(map(str, r["functions"])) or "-",  # type: ignore[call-overload]
+                   r["description"]) for r in rows])
+
+
+def scenarios_json(rows: Sequence[dict[str, object]]) -> str:
+    return json.dumps(list(rows), indent=2)
+
+
+def images_json(images: Sequence[Image]) -> str:
+    return json.dumps([{"image": img.directory.name, "path": str(img.directory),
+                        "release": img.release, "kernel": img.kernel_release,
+                        "build_id": img.build_id, "built": img.manifest.get("built_at", "")}
+                       for img in images], indent=2)
+
+
+def status_json(statuses: Sequence[LabStatus]) -> str:
+    return json.dumps([dataclasses.asdict(s) for s in statuses], indent=2)
+
+
+def ssh_options(target: SshTarget, known_hosts: Path) -> list[str]:
+    """The OpenSSH options that pin the lab's host key and use only the lab's own key."""
+    return ["-p", str(target.port), "-i", str(target.key_file),
+            "-o", f"UserKnownHostsFile={known_hosts}", "-o", "StrictHostKeyChecking=yes",
+            "-o", "IdentitiesOnly=yes"]
+
+
+def ssh_command(target: SshTarget, known_hosts: Path) -> str:
+    """The ssh command lab.up prints: copy-paste safe, host key pinned (no TOFU)."""
+    return shlex.join(["ssh", *ssh_options(target, known_hosts),
+                       f"{target.user}@{target.host}"])
+
+
+def ssh_config(name: str, target: SshTarget, known_hosts: Path) -> str:
+    """An OpenSSH `Host fentry-lab-NAME` block for scp, rsync and editors."""
+    def quoted(path: Path) -> str:
+        return f'"{path}"' if " " in str(path) else str(path)
+
+    return "\n".join([
+        f"Host fentry-lab-{name}",
+        f"    HostName {target.host}",
+        f"    Port {target.port}",
+        f"    User {target.user}",
+        f"    IdentityFile {quoted(target.key_file)}",
+        "    IdentitiesOnly yes",
+        f"    UserKnownHostsFile {quoted(known_hosts)}",
+        "    StrictHostKeyChecking yes",
+        "    PasswordAuthentication no",
+        "",
+    ])
 
 
 def outcome_text(name: str, outcome: Outcome) -> str:

@@ -78,15 +78,20 @@ def needed_files(bpf_dir: Path, probes: Sequence[Probe]) -> list[Path]:
     return wanted
 
 
-def pack_sources(bpf_dir: Path, probes: Sequence[Probe] = ()) -> bytes:
+def pack_sources(bpf_dirs: Path | Sequence[Path], probes: Sequence[Probe] = ()) -> bytes:
     """A deterministic tarball of what the probes need plus the guest helper, mtimes zeroed.
 
-    Symlinks that lead out of the project are refused (ScenarioError naming the file).
+    Several directories (the user's, then the shipped one) merge into one bpf/; a file in
+    an earlier directory wins over the same path in a later one. Symlinks that lead out of
+    the project are refused (ScenarioError naming the file).
     """
-    project = bpf_dir.parent
-    members: list[tuple[str, Path]] = []
-    for path in needed_files(bpf_dir, probes):
-        members.append((f"bpf/{path.relative_to(bpf_dir)}", _safe_file(path, project)))
+    found: dict[str, Path] = {}
+    for bpf_dir in [bpf_dirs] if isinstance(bpf_dirs, Path) else bpf_dirs:
+        for path in needed_files(bpf_dir, probes):
+            name = f"bpf/{path.relative_to(bpf_dir)}"
+            if name not in found:
+                found[name] = _safe_file(path, bpf_dir.parent)
+    members = sorted(found.items())
     members.append(("guest/fentry_lab_guest.py", LAB_DIR / "guest" / "fentry_lab_guest.py"))
     members.append(("guest/elf.py", LAB_DIR / "elf.py"))
     members.sort()

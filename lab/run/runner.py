@@ -230,7 +230,8 @@ class _Run:
             self.scenario = resolved
             self.live = {fn: {} for fn in resolved.collect.live_text}
         guest = GuestHelper(ssh)
-        tarball = pack_sources(self.settings.bpf_dir, self.scenario.probes)
+        # The user's probes first, then the shipped ones (lab.config.Settings.bpf_dirs).
+        tarball = pack_sources(self.settings.bpf_dirs, self.scenario.probes)
         key = build_key(tarball, image.kernel_release, str(image.manifest["recipe_digest"]))
         build_dir = f"{GUEST_BUILD}/{key}"
         facts: list[Facts] = []

@@ -12,6 +12,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
+from lab.config import SHIPPED
 from lab.scenario.model import (
     DEFAULT_LOADER,
     KernelRange,
@@ -22,8 +23,9 @@ from lab.scenario.model import (
 )
 from lab.scenario.yamlmap import YamlDocument
 
-#: The project root: probe sources are paths relative to it, inside its bpf/.
-PROJECT: Final = Path(__file__).resolve().parents[2]
+#: The project root: probe sources are paths relative to it, inside its bpf/ (the clone,
+#: or the installed package's lab/_data).
+PROJECT: Final = SHIPPED
 SOURCES_DIR: Final = "bpf"
 
 

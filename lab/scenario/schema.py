@@ -13,17 +13,17 @@ import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from functools import cache
-from pathlib import Path
 from typing import Any, Final, cast
 
 import jsonschema
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 
+from lab.config import SHIPPED
 from lab.scenario.model import ScenarioError, YamlPath
 from lab.scenario.yamlmap import YamlDocument
 
-SCHEMA_PATH: Final = Path(__file__).resolve().parents[2] / "scenarios" / "schema.json"
+SCHEMA_PATH: Final = SHIPPED / "scenarios" / "schema.json"
 
 _TYPE_NOUNS: Final = {
     "object": "a mapping",

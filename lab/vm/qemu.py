@@ -278,7 +278,8 @@ class QemuBackend:
                 snapshot.save(self, image, accel, target)  # snapshot hook: once per key
                 console.say(f"lab {self.settings.name!r} is up in {state.ready_after_s:.1f} s "
                             f"(guest ready at {float(ready.group(1)):.1f} s of its uptime): "
-                            f"`invoke lab.ssh` or ssh -p {port} root@127.0.0.1")
+                            "`invoke lab.ssh`, or `invoke lab.ssh-config` for scp/rsync "
+                            "(host key pinned)")
                 return target
             except BaseException:
                 self._kill(proc.pid, state.pid_start)

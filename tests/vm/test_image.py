@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 
 from lab.config import load_settings
+from lab.host import processes_of as qemu_pids
 from lab.image.buildproc import mounts_below
 from lab.image.cache import ARTEFACTS, image_directory, sha256_file
 from lab.image.recipe import load_recipe
-from lab.host import processes_of as qemu_pids
 from tests.helpers import INVOKE, REPO
 
 pytestmark = pytest.mark.vm

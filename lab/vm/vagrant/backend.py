@@ -384,6 +384,12 @@ class VagrantBackend:
                 state.pid, state.wanted = 0, False
                 state.save(self.state_file)
 
+    def reset(self) -> RunningLab:
+        raise LabError("lab.reset needs the qemu backend: the vagrant backend has no ready "
+                       "snapshots (vagrant-libvirt's `vagrant snapshot save/restore` would "
+                       "fit; not wired yet). Use `invoke lab.destroy --backend vagrant && "
+                       "invoke lab.up --backend vagrant`.")
+
     def destroy(self) -> None:
         check_tools()
         ensure_daemons()

@@ -59,6 +59,9 @@ class FakeLab:
     def serial_log(self) -> Path:
         return self.settings.labs_dir / self.settings.name / "serial.log"
 
+    def reset(self) -> RunningLab:
+        raise AssertionError("not used")
+
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:

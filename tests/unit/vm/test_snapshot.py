@@ -265,13 +265,9 @@ def write_boot_id(tmp_path: Path, boot_id: uuid.UUID) -> Path:
     return directory
 
 
-def test_lab_reset_needs_the_qemu_backend(monkeypatch: pytest.MonkeyPatch) -> None:
-    import tasks
+def test_lab_reset_needs_the_qemu_backend() -> None:
     from lab.errors import LabError
+    from lab.vm.vagrant.backend import VagrantBackend
 
-    class NoSnapshots:
-        name = "vagrant"
-
-    monkeypatch.setattr("lab.vm.backend_for", lambda settings: NoSnapshots())
     with pytest.raises(LabError, match="qemu backend"):
-        tasks.reset_lab(Settings())
+        VagrantBackend(Settings(backend="vagrant")).reset()
