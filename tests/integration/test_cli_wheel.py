@@ -92,8 +92,10 @@ def test_users_own_scenario_from_another_directory(installed: Path, tmp_path: Pa
 
 def test_the_wheel_carries_the_guest_files(installed: Path) -> None:
     code = ("from lab.config import SHIPPED; from lab.run.probes import pack_sources;"
-            "import io, tarfile;"
-            "names = tarfile.open(fileobj=io.BytesIO(pack_sources(SHIPPED / 'bpf'))).getnames();"
+            "from lab.scenario.load import load_scenario; import io, tarfile;"
+            "probes = load_scenario(SHIPPED / 'scenarios' / 'acl-basic.yaml').probes;"
+            "names = tarfile.open(fileobj=io.BytesIO(pack_sources(SHIPPED / 'bpf', probes)))"
+            ".getnames();"
             "print(SHIPPED); print(' '.join(names))")
     proc = subprocess.run([str(installed.parent / "python"), "-c", code], capture_output=True,
                           text=True, timeout=60, check=False, cwd="/")

@@ -499,8 +499,8 @@ def test_cli_matrix_words_and_errors(tmp_path: Path) -> None:
     proc = invoke("matrix", "run", "acl-portable", "--releases", "trixie,forky", home=tmp_path)
     assert proc.returncode == 1
     assert proc.stderr.strip() == (
-        "fentry-lab: error: Unknown release(s) forky: use a comma-separated list of bookworm, "
-        "bullseye, sid, trixie, trixie-backports.")
+        "fentry-lab: error: Unknown release(s) forky: use a comma-separated list of bullseye, "
+        "bookworm, trixie, trixie-backports, sid.")
     proc = invoke("matrix", "walk", "acl-portable", home=tmp_path)
     assert proc.returncode == 1
     assert "No idea what 'acl-portable' is!" in proc.stderr  # `walk` is not a verb
