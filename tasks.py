@@ -374,6 +374,50 @@ def matrix_dispatch(c: Context, action: str, scenario: str, releases: str | None
                memory=memory)
 
 
+
+# -- results (report: issue 13) -----------------------------------------------------------
+
+
+@task
+def results_list(c: Context) -> None:
+    """List the recorded runs, newest last, with their report's path."""
+    from lab.results.report.listing import list_runs
+
+    with friendly_errors():
+        runs = list_runs(settings_from(c).results)
+        if not runs:
+            print("no runs yet (run one with `invoke scenario run SCENARIO`)")
+            return
+        print(report.table(("SCENARIO", "RUN", "STATUS", "REPORT"), [
+            (r.scenario, r.run_id, r.status, r.report if r.report.exists() else "(none)")
+            for r in runs]))
+
+
+@task(positional=["run"], help={"run": "Run id, scenario (its newest run) or run folder "
+                                       "(default: the newest run)",
+                                "open": "Open the report in your browser"})
+def results_show(c: Context, run: str | None = None, open: bool = False) -> None:
+    """Print the path of a run's report.html (written now if missing); --open opens it."""
+    from lab.results.report import write_report
+    from lab.results.report.listing import find_run, open_in_browser
+
+    with friendly_errors():
+        entry = find_run(settings_from(c).results, run)
+        if not entry.report.exists():
+            try:
+                if entry.kind == "matrix":
+                    from lab.results.report.matrix import write_matrix_report
+                    write_matrix_report(entry.path)
+                else:
+                    write_report(entry.path)
+            except (OSError, ValueError) as exc:
+                raise LabError(f"Could not write {entry.report}: {exc}. The run's files "
+                               "are still there; check they are readable.") from None
+        print(entry.report)
+        if open:
+            print(open_in_browser(entry.report))
+
+
 # -- collections -------------------------------------------------------------------------
 
 
@@ -395,5 +439,7 @@ scenario_ns = _collection("scenario", {"do": scenario_dispatch, "run": scenario_
 
 matrix_ns = _collection("matrix", {"do": matrix_dispatch, "run": matrix_run}, default="do")
 
-ns = Collection(image_ns, lab_ns, scenario_ns, matrix_ns)
+results_ns = _collection("results", {"list": results_list, "show": results_show})
+
+ns = Collection(image_ns, lab_ns, scenario_ns, matrix_ns, results_ns)
 ns.configure({"lab": {}})

@@ -13,6 +13,8 @@ cd "$(dirname "$0")/.."
 names=(qemu-system-x86 qemu-utils mmdebstrap e2fsprogs uidmap dpkg binutils openssh-client
        openssh-server python3 python3-venv
        vagrant vagrant-libvirt libvirt-daemon-system dnsmasq-base)
+# chromium, fonts-dejavu-core: the `browser` tests render report.html headless (--test only)
+[ "${1:-}" = "--test" ] && names+=(chromium fonts-dejavu-core)
 
 missing=()
 for pkg in "${names[@]}"; do

@@ -201,7 +201,100 @@ def peek(functions: list[str]) -> dict[str, object]:
             entry = result[fn]
             assert isinstance(entry, dict)
             entry["call_target"] = {"address": f"{target:#x}", "symbol": names.get(target)}
+            if str(names.get(target, "")).startswith("bpf_trampoline_"):
+                entry["trampoline"] = _guarded(read_trampoline, target, addresses)
+    for fn, addr in addresses.items():
+        entry = result[fn]
+        assert isinstance(entry, dict)
+        entry["returns"] = _guarded(return_instructions, fn, addr)
     return result
+
+
+# --- report data: the trampoline a patched entry calls, and a function's returns -------
+
+TRAMPOLINE_BYTES = 768  # an fentry+fexit trampoline is a few hundred bytes
+
+
+def _guarded(func: Any, *args: Any) -> Any:
+    """Extra report data must never fail a run: an error becomes {"error": ...}."""
+    try:
+        return func(*args)
+    except (OSError, LookupError, ValueError, subprocess.SubprocessError) as exc:
+        return {"error": f"{type(exc).__name__}: {exc}"}
+
+
+def _call_targets(insns: list[dict[str, object]]) -> dict[int, int]:
+    """Instruction address -> target of each direct call/jmp (e8/e9 rel32)."""
+    targets: dict[int, int] = {}
+    for insn in insns:
+        raw = bytes.fromhex(str(insn["bytes"]).replace(" ", ""))
+        if len(raw) == 5 and raw[0] in (0xE8, 0xE9):
+            at = int(str(insn["address"]), 16)
+            targets[at] = at + 5 + struct.unpack("<i", raw[1:])[0]
+    return targets
+
+
+def _name_targets(targets: list[int], functions: dict[str, int]) -> dict[int, str]:
+    """Exact kallsyms names; a target inside a peeked function is that function+off
+    (the trampoline calls the original body past the patched entry)."""
+    named: dict[int, str] = {}
+    text = read_kallsyms()
+    for target in targets:
+        match = re.search(rf"^{target:016x} \w (\S+)", text, re.MULTILINE)
+        if match:
+            named[target] = match.group(1)
+            continue
+        for fn, start in functions.items():
+            if 0 < target - start < 4096:
+                named[target] = f"{fn}+{target - start:#x}"
+    return named
+
+
+def read_trampoline(address: int, functions: dict[str, int]) -> dict[str, object]:
+    code = read_kcore(address, TRAMPOLINE_BYTES)
+    insns = disassemble(code, address)
+    for i, insn in enumerate(insns):  # the trampoline ends at its first return
+        text = str(insn["text"])
+        if text.startswith("ret") or text.startswith("int3"):
+            insns = insns[:i + 1]
+            break
+    targets = _call_targets(insns)
+    names = _name_targets(sorted(set(targets.values())), functions)
+    thunk = kallsyms_lookup(["__x86_return_thunk"]).get("__x86_return_thunk")
+    for insn in insns:
+        target = targets.get(int(str(insn["address"]), 16))
+        if target is not None:
+            insn["target"] = f"{target:#x}"
+            insn["symbol"] = names.get(target) or (
+                "__x86_return_thunk" if target == thunk else None)
+    used = sum(len(str(i["bytes"]).split()) for i in insns)
+    return {"address": f"{address:#x}", "bytes": code[:used].hex(" "), "instructions": insns}
+
+
+def _function_end(address: int) -> int:
+    """The next kallsyms address above `address` (core kallsyms is in address order)."""
+    text = read_kallsyms()
+    match = re.search(rf"^{address:016x} \w \S+.*\n((?:{address:016x} .*\n)*)"
+                      r"([0-9a-f]{16}) ", text, re.MULTILINE)
+    if not match:
+        raise LookupError(f"no symbol after {address:#x} in /proc/kallsyms")
+    return int(match.group(2), 16)
+
+
+def return_instructions(fn: str, address: int) -> list[dict[str, object]]:
+    """The function's live return instructions: `ret`, or `jmp __x86_return_thunk`."""
+    size = min(max(_function_end(address) - address, 16), 8192)
+    insns = disassemble(read_kcore(address, size), address)
+    thunk = kallsyms_lookup(["__x86_return_thunk"]).get("__x86_return_thunk")
+    targets = _call_targets(insns)
+    found = []
+    for insn in insns:
+        at = int(str(insn["address"]), 16)
+        text = str(insn["text"])
+        if text.startswith("ret") or (text.startswith("jmp") and thunk is not None
+                                      and targets.get(at) == thunk):
+            found.append({**insn, "offset": f"{at - address:#x}"})
+    return found
 
 
 def objdump_function(vmlinux: str, fn: str) -> str:

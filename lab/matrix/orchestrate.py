@@ -36,6 +36,7 @@ from lab.config import Settings
 from lab.errors import LabError
 from lab.image.build import Image, build_image, find_image, load_recipe
 from lab.results.bundle import run_id as new_run_id
+from lab.results.report.matrix import try_write_matrix_report
 from lab.run.probes import GUEST_SRC, pack_sources, upload_sources
 from lab.run.runner import run_scenario
 from lab.scenario.model import Scenario, format_version, kernel_version
@@ -175,6 +176,8 @@ def run_matrix(settings: Settings, scenario: Scenario, releases: Sequence[str], 
     markdown = render_markdown(matrix)
     _write_json(run_dir / "matrix.json", matrix)
     (run_dir / "matrix.md").write_text(markdown)
+    if (problem := try_write_matrix_report(run_dir)) is not None:  # never raises
+        console.warn(problem)
     return MatrixRun(run_dir, matrix, markdown)
 
 

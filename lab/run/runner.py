@@ -22,6 +22,7 @@ from lab.errors import LabError
 from lab.image.build import Image, find_image, read_image
 from lab.results.bundle import ResultsBundle
 from lab.results.check import Check
+from lab.results.report import try_write_report
 from lab.run.events import BtfError, EventDecoder
 from lab.run.expect import check_events, check_step, check_trace
 from lab.run.probes import (
@@ -130,6 +131,8 @@ def run_scenario(settings: Settings, scenario: Scenario, backend: Backend) -> Ou
     }
     bundle.write_json("summary.json", summary)
     bundle.write_junit(scenario.name, checks, error, duration)
+    if (problem := try_write_report(bundle.path)) is not None:  # never raises
+        console.warn(problem)
     return Outcome(status, bundle.path, checks, error, exit_code, phases.times)
 
 
