@@ -195,6 +195,7 @@ def peek(functions: list[str]) -> dict[str, object]:
             if len(raw) == 5 and raw[0] == 0xE8:
                 at = int(str(insn["address"]), 16)
                 calls[fn] = at + 5 + struct.unpack("<i", raw[1:])[0]
+    ksyms = read_kallsyms()  # once: each read costs about a second under TCG
     if calls:
         names = symbolize(list(calls.values()))
         for fn, target in calls.items():
@@ -202,11 +203,11 @@ def peek(functions: list[str]) -> dict[str, object]:
             assert isinstance(entry, dict)
             entry["call_target"] = {"address": f"{target:#x}", "symbol": names.get(target)}
             if str(names.get(target, "")).startswith("bpf_trampoline_"):
-                entry["trampoline"] = _guarded(read_trampoline, target, addresses)
+                entry["trampoline"] = _guarded(read_trampoline, target, addresses, ksyms)
     for fn, addr in addresses.items():
         entry = result[fn]
         assert isinstance(entry, dict)
-        entry["returns"] = _guarded(return_instructions, fn, addr)
+        entry["returns"] = _guarded(return_instructions, addr, ksyms)
     return result
 
 
@@ -234,11 +235,15 @@ def _call_targets(insns: list[dict[str, object]]) -> dict[int, int]:
     return targets
 
 
-def _name_targets(targets: list[int], functions: dict[str, int]) -> dict[int, str]:
+def _thunk(ksyms: str) -> int | None:
+    match = re.search(r"^([0-9a-f]+) \w __x86_return_thunk$", ksyms, re.MULTILINE)
+    return int(match.group(1), 16) if match else None
+
+
+def _name_targets(targets: list[int], functions: dict[str, int], text: str) -> dict[int, str]:
     """Exact kallsyms names; a target inside a peeked function is that function+off
     (the trampoline calls the original body past the patched entry)."""
     named: dict[int, str] = {}
-    text = read_kallsyms()
     for target in targets:
         match = re.search(rf"^{target:016x} \w (\S+)", text, re.MULTILINE)
         if match:
@@ -250,7 +255,7 @@ def _name_targets(targets: list[int], functions: dict[str, int]) -> dict[int, st
     return named
 
 
-def read_trampoline(address: int, functions: dict[str, int]) -> dict[str, object]:
+def read_trampoline(address: int, functions: dict[str, int], ksyms: str) -> dict[str, object]:
     code = read_kcore(address, TRAMPOLINE_BYTES)
     insns = disassemble(code, address)
     for i, insn in enumerate(insns):  # the trampoline ends at its first return
@@ -259,8 +264,8 @@ def read_trampoline(address: int, functions: dict[str, int]) -> dict[str, object
             insns = insns[:i + 1]
             break
     targets = _call_targets(insns)
-    names = _name_targets(sorted(set(targets.values())), functions)
-    thunk = kallsyms_lookup(["__x86_return_thunk"]).get("__x86_return_thunk")
+    names = _name_targets(sorted(set(targets.values())), functions, ksyms)
+    thunk = _thunk(ksyms)
     for insn in insns:
         target = targets.get(int(str(insn["address"]), 16))
         if target is not None:
@@ -271,9 +276,8 @@ def read_trampoline(address: int, functions: dict[str, int]) -> dict[str, object
     return {"address": f"{address:#x}", "bytes": code[:used].hex(" "), "instructions": insns}
 
 
-def _function_end(address: int) -> int:
+def _function_end(address: int, text: str) -> int:
     """The next kallsyms address above `address` (core kallsyms is in address order)."""
-    text = read_kallsyms()
     match = re.search(rf"^{address:016x} \w \S+.*\n((?:{address:016x} .*\n)*)"
                       r"([0-9a-f]{16}) ", text, re.MULTILINE)
     if not match:
@@ -281,11 +285,11 @@ def _function_end(address: int) -> int:
     return int(match.group(2), 16)
 
 
-def return_instructions(fn: str, address: int) -> list[dict[str, object]]:
+def return_instructions(address: int, ksyms: str) -> list[dict[str, object]]:
     """The function's live return instructions: `ret`, or `jmp __x86_return_thunk`."""
-    size = min(max(_function_end(address) - address, 16), 8192)
+    size = min(max(_function_end(address, ksyms) - address, 16), 8192)
     insns = disassemble(read_kcore(address, size), address)
-    thunk = kallsyms_lookup(["__x86_return_thunk"]).get("__x86_return_thunk")
+    thunk = _thunk(ksyms)
     targets = _call_targets(insns)
     found = []
     for insn in insns:

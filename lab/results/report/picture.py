@@ -92,7 +92,8 @@ def entry_picture(fn: str, live: Mapping[str, Any], objdump: str | None,
     target = attached.get("call_target") if isinstance(attached.get("call_target"), dict) else None
     return {"function": fn, "rows": rows, "patch": patch, "target": target,
             "captions": captions(fn, rows, static, readings, target, kernel),
-            "trampoline": trampoline(fn, attached.get("trampoline")),
+            "trampoline": trampoline(fn, attached.get("trampoline"),
+                                     str((target or {}).get("symbol") or "the trampoline")),
             "returns": returns(readings)}
 
 
@@ -144,9 +145,9 @@ def captions(fn: str, rows: list[dict[str, Any]], static: list[dict[str, Any]],
 
 
 def _role(symbol: str, fn: str) -> str:
-    if symbol.startswith("__bpf_prog_enter"):
+    if symbol.startswith(("__bpf_prog_enter", "__bpf_tramp_enter")):
         return "enter"
-    if symbol.startswith("__bpf_prog_exit"):
+    if symbol.startswith(("__bpf_prog_exit", "__bpf_tramp_exit")):
         return "exit"
     if symbol.startswith("bpf_prog_"):
         return "prog"
@@ -155,7 +156,7 @@ def _role(symbol: str, fn: str) -> str:
     return "other"
 
 
-def trampoline(fn: str, data: Any) -> dict[str, Any] | None:
+def trampoline(fn: str, data: Any, name: str = "the trampoline") -> dict[str, Any] | None:
     """The trampoline's instructions (calls named) and the path they make."""
     if not isinstance(data, dict):
         return None
@@ -163,7 +164,8 @@ def trampoline(fn: str, data: Any) -> dict[str, Any] | None:
         return {"error": data["error"], "instructions": [], "path": [], "address": None}
     insns = []
     path = [{"label": "caller", "role": "caller"},
-            {"label": f"{fn} entry: call trampoline", "role": "entry"}]
+            {"label": f"{fn} entry: call {name}", "role": "entry"},
+            {"label": f"{name}: saves the arguments, __bpf_prog_enter", "role": "tramp"}]
     seen_body = False
     for insn in data.get("instructions") or []:
         symbol = str(insn.get("symbol") or "")
