@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from types import ModuleType
 
 import pytest
 
-from tests.unit.guest.test_guest_helper import guest as _guest  # noqa: F401 - fixture
+from tests.unit.guest.test_guest_helper import guest_layout
 
 KSYMS = """\
 ffffffff810c4f30 T __bpf_tramp_enter
@@ -21,8 +24,21 @@ ffffffffc030124c t bpf_prog_2db8534f0e96db99_handle_do_set_acl\t[bpf]
 
 
 @pytest.fixture
-def guest(_guest: ModuleType) -> Iterator[ModuleType]:
-    yield _guest
+def guest(tmp_path: Path) -> Iterator[ModuleType]:
+    script = guest_layout(tmp_path / "guest")
+    saved_path, saved_elf = list(sys.path), sys.modules.pop("elf", None)
+    try:
+        sys.path.insert(0, str(script.parent))
+        spec = importlib.util.spec_from_file_location("fentry_lab_guest_report", script)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.path[:] = saved_path
+        sys.modules.pop("elf", None)
+        if saved_elf is not None:
+            sys.modules["elf"] = saved_elf
 
 
 def test_function_end_is_the_next_symbol_above(guest: ModuleType) -> None:
