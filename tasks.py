@@ -393,8 +393,7 @@ def results_list(c: Context) -> None:
             for r in runs]))
 
 
-@task(positional=["run"], help={"run": "Run id, scenario (its newest run) or run folder "
-                                       "(default: the newest run)",
+@task(help={"run": "Run id, scenario (its newest run) or run folder (default: the newest run)",
                                 "open": "Open the report in your browser"})
 def results_show(c: Context, run: str | None = None, open: bool = False) -> None:
     """Print the path of a run's report.html (written now if missing); --open opens it."""
