@@ -24,16 +24,20 @@ def short_text(bundle_dir: Path) -> str:
             reading = readings.get(phase)
             if not isinstance(reading, dict) or not reading.get("instructions"):
                 continue
-            insns = list(reading["instructions"])[:3]
+            insns = list(reading["instructions"])
+            # The patch site: the first 5-byte instruction (after endbr64 where there is one).
+            site = next((i for i, insn in enumerate(insns[:3])
+                         if len(str(insn.get("bytes", "")).split()) == 5), 0)
             target = reading.get("call_target") or {}
             texts = []
-            for insn in insns[:2]:
+            for insn in insns[:site + 1]:
                 text = str(insn.get("text", ""))
                 if text.startswith("call") and isinstance(target, dict) and target.get("symbol"):
                     text = f"call {target['symbol']}"
                 texts.append(text)
             cells = [str(i.get("bytes", "")) for i in insns]
-            picture = f"{cells[0]} |{'|'.join(cells[1:2])}| {' '.join(cells[2:])}".strip()
+            picture = (f"{' '.join(cells[:site])} |{cells[site] if cells else ''}| "
+                       f"{' '.join(cells[site + 1:site + 2])}").strip()
             lines.append(f"{label:<12} {phase:<9} {picture:<36} {'; '.join(texts)}")
             label = ""
     for call in pair_calls(bundle.events):

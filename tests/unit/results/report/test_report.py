@@ -134,3 +134,15 @@ def test_results_listing_finds_the_newest_or_a_named_run(tmp_path: Path) -> None
     assert find_run(tmp_path, "acl-basic").run_id == "20260102T000000000Z"
     with pytest.raises(UsageError):
         find_run(tmp_path, "nope")
+
+
+def test_outcome_text_ends_with_the_short_version(tmp_path: Path) -> None:
+    from lab.run.runner import Outcome
+    from lab.views import outcome_text
+
+    bundle = copy(DATA / "report" / "acl-basic", tmp_path)
+    write_report(bundle)
+    text = outcome_text("acl-basic", Outcome("passed", bundle, []))
+    assert "attached  66 0f 1f 00 |e8 " in text
+    assert "setfacl[230] uid=1000 do_set_acl(passwd, system.posix_acl_access) = -1 EPERM" in text
+    assert text.endswith(f"report: {bundle / 'report.html'}")
