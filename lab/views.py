@@ -11,6 +11,7 @@ from pathlib import Path
 from lab.config import Settings
 from lab.errors import LabError
 from lab.image.build import Image
+from lab.results.report.text import short_text
 from lab.run.runner import Outcome
 from lab.ssh import SshTarget
 from lab.vm.base import LabStatus
@@ -141,9 +142,17 @@ def ssh_config(name: str, target: SshTarget, known_hosts: Path) -> str:
 
 def outcome_text(name: str, outcome: Outcome) -> str:
     lines = [check.describe() for check in outcome.checks]
+    try:  # the bytes and the calls the lab saw, as in report.html
+        seen = short_text(outcome.bundle)
+    except (OSError, ValueError) as exc:
+        seen = f"(short report unavailable: {exc})"
+    if seen:
+        lines += ["", seen, ""]
     if outcome.error:
         lines.append(f"error: {outcome.error}")
     phases = ", ".join(f"{k} {v:.1f}s" for k, v in outcome.phases.items())
     lines.append(f"scenario {name}: {outcome.status.upper()} ({phases})")
     lines.append(f"results: {outcome.bundle}")
+    if (outcome.bundle / "report.html").exists():
+        lines.append(f"report: {outcome.bundle / 'report.html'}")
     return "\n".join(lines)

@@ -28,6 +28,10 @@ names=(qemu-system-x86 qemu-utils mmdebstrap e2fsprogs uidmap dpkg binutils open
 if [ "$vagrant" = yes ]; then
     names+=(vagrant vagrant-libvirt libvirt-daemon-system dnsmasq-base)
 fi
+# chromium, fonts-dejavu-core: the `browser` tests render report.html headless (--test only)
+if [ "$test_tools" = yes ]; then
+    names+=(chromium fonts-dejavu-core)
+fi
 
 missing=()
 for pkg in "${names[@]}"; do

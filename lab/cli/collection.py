@@ -13,7 +13,7 @@ from typing import Any, cast
 from invoke.collection import Collection
 from invoke.tasks import Task
 
-NAMESPACES = ("image", "lab:labs", "scenario", "matrix")  # "namespace[:module]"
+NAMESPACES = ("image", "lab:labs", "scenario", "matrix", "results")  # "namespace[:module]"
 
 
 def build_collection() -> Collection:

@@ -34,6 +34,7 @@ from lab.image.build import Image, build_image, find_image, known_releases, load
 from lab.image.recipe import DEFAULT_MATRIX_RELEASES
 from lab.matrix.table import LAB_ERROR, NOT_APPLICABLE, MatrixRun, write_table
 from lab.results.bundle import new_run_dir, write_atomic, write_json
+from lab.results.report.matrix import try_write_matrix_report
 from lab.run.guest import Facts, GuestHelper, StaticCache
 from lab.run.preflight import preflight_problems
 from lab.run.probes import pack_sources, upload_sources
@@ -150,7 +151,10 @@ def run_matrix(settings: Settings, scenario: Scenario, releases: Sequence[str], 
         pool.shutdown(wait=True)
     timing = {"images_s": images_s, "wall_s": round(time.monotonic() - started, 1)}
     write_json(run_dir / "timing.json", timing)
-    return write_table(run_dir)
+    run = write_table(run_dir)
+    if (problem := try_write_matrix_report(run_dir)) is not None:  # never raises
+        console.warn(problem)
+    return run
 
 
 def _run_release(settings: Settings, scenario: Scenario, keep: bool,

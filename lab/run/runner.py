@@ -32,6 +32,7 @@ from lab.host import file_lock
 from lab.image.build import Image, find_image, read_image
 from lab.results.bundle import ResultsBundle
 from lab.results.check import Check
+from lab.results.report import try_write_report
 from lab.run.expect import check_events, check_step, check_trace
 from lab.run.guest import (
     DISK_FULL,
@@ -175,6 +176,8 @@ def run_scenario(settings: Settings, scenario: Scenario, backend: Backend) -> Ou
     except LabFailure as exc:
         error = f"{error + ' ' if error else ''}{exc}"
         return Outcome("error", bundle.path, checks, error, exc.code, phases.times)
+    if (problem := try_write_report(bundle.path)) is not None:  # never raises
+        console.warn(problem)
     return Outcome(status, bundle.path, checks, error, exit_code, phases.times)
 
 
