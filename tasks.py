@@ -374,6 +374,31 @@ def matrix_dispatch(c: Context, action: str, scenario: str, releases: str | None
                memory=memory)
 
 
+# -- bench (issue 15: probe cost) --------------------------------------------------------
+
+
+@task(help={"function": "Kernel function to probe (default __x64_sys_getpgid; "
+                        "__set_task_comm uses a prctl(PR_SET_NAME) loop)",
+            "samples": "Samples of about a second per mode (default 5)",
+            "releases": "Compare kernels: comma-separated releases, one lab each (destroyed)",
+            "name": LAB_FLAGS["name"], "release": LAB_FLAGS["release"],
+            "accel": LAB_FLAGS["accel"]})
+def bench_probes(c: Context, function: str = "__x64_sys_getpgid", samples: int = 5,
+                 releases: str | None = None, name: str | None = None,
+                 release: str | None = None, accel: str | None = None) -> None:
+    """Measure what fentry, fexit, kprobe, kretprobe... add per call of one kernel function."""
+    from lab.bench.probes import run_bench
+
+    with friendly_errors():
+        settings = settings_from(c, name=name, release=release, accel=accel)
+        wanted = [r.strip() for r in (releases or "").split(",") if r.strip()]
+        outcome = run_bench(settings, function=function, samples=samples, releases=wanted)
+        print(outcome.text, end="")
+    if outcome.exit_code:
+        raise Exit(code=outcome.exit_code)
+
+
+
 # -- collections -------------------------------------------------------------------------
 
 
@@ -395,5 +420,7 @@ scenario_ns = _collection("scenario", {"do": scenario_dispatch, "run": scenario_
 
 matrix_ns = _collection("matrix", {"do": matrix_dispatch, "run": matrix_run}, default="do")
 
-ns = Collection(image_ns, lab_ns, scenario_ns, matrix_ns)
+bench_ns = _collection("bench", {"probes": bench_probes})  # issue 15
+
+ns = Collection(image_ns, lab_ns, scenario_ns, matrix_ns, bench_ns)
 ns.configure({"lab": {}})
