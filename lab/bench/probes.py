@@ -24,8 +24,15 @@ from lab.config import Settings
 from lab.errors import LabError, LabFailure, UsageError
 from lab.image.build import find_image, read_image
 from lab.results.bundle import ResultsBundle
-from lab.run.probes import (GUEST_BUILD, GUEST_SRC, build_key, pack_sources, restore_build,
-                            save_build, upload_sources)
+from lab.run.probes import (
+    GUEST_BUILD,
+    GUEST_SRC,
+    build_key,
+    pack_sources,
+    restore_build,
+    save_build,
+    upload_sources,
+)
 from lab.ssh import Session
 from lab.vm import backend_for
 from lab.vm.base import Backend

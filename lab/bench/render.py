@@ -18,7 +18,7 @@ def _num(value: object, fmt: str) -> str:
 
 
 def mode_rows(kernel: Mapping[str, Any]) -> list[tuple[str, ...]]:
-    rows = []
+    rows: list[tuple[str, ...]] = []
     for m in kernel.get("modes", []):
         if m["status"] == "skipped":
             rows.append((m["mode"], "skipped", "", "", "", m.get("reason", "")[:70]))
@@ -33,7 +33,7 @@ def mode_rows(kernel: Mapping[str, Any]) -> list[tuple[str, ...]]:
 
 
 def reference_rows() -> list[tuple[str, ...]]:
-    rows = []
+    rows: list[tuple[str, ...]] = []
     for ref in REFERENCES:
         for mode, ns in ref.get("added_ns", {}).items():
             rows.append((f"{mode} [{ref['source'].split(' (')[0]}]", "", "", f"+{ns:.0f}",
@@ -91,6 +91,14 @@ def _report(result: Mapping[str, Any], fmt: Any) -> str:
 COLOURS = ("#3b6ea8", "#c0504d", "#9bbb59", "#8064a2", "#f79646")
 
 
+def _tcg_label(kernels: Sequence[Mapping[str, Any]]) -> str:
+    return "(emulated CPU: relative only)" if any(k.get("accel") == "tcg" for k in kernels) else ""
+
+
+def _kernel_label(kernel: Mapping[str, Any]) -> str:
+    return f"{kernel.get('release', '?')} {kernel.get('kernel', '')}"
+
+
 def svg_chart(result: Mapping[str, Any]) -> str:
     """Grouped horizontal bars: ns added per call, one group per mode, one bar per kernel."""
     kernels = list(result.get("kernels", []))
@@ -110,8 +118,7 @@ def svg_chart(result: Mapping[str, Any]) -> str:
            f'height="{height}" font-family="system-ui, sans-serif" font-size="12">',
            '<rect width="100%" height="100%" fill="#fff"/>',
            f'<text x="10" y="20" font-size="14" font-weight="600">ns added per call '
-           f'{"(emulated CPU: relative only)" if any(k.get("accel") == "tcg" for k in kernels) else ""}'
-           "</text>"]
+           f"{_tcg_label(kernels)}</text>"]
     for g, mode in enumerate(modes):
         y0 = top + g * group
         out.append(f'<text x="{left - 8}" y="{y0 + bar * len(kernels) / 2 + 4}" '
@@ -131,7 +138,6 @@ def svg_chart(result: Mapping[str, Any]) -> str:
         out.append(f'<rect x="{left}" y="{y + i * 20}" width="12" height="12" '
                    f'fill="{COLOURS[i % len(COLOURS)]}"/>')
         out.append(f'<text x="{left + 18}" y="{y + i * 20 + 11}">'
-                   f'{escape(str(kernel.get("release", "?")))} {escape(str(kernel.get("kernel", "")))}'
-                   "</text>")
+                   f"{escape(_kernel_label(kernel))}</text>")
     out.append("</svg>")
     return "\n".join(out) + "\n"
