@@ -63,6 +63,7 @@ def run_bench(settings: Settings, *, function: str = DEFAULT_FUNCTION, samples: 
                          f"--function {DEFAULT_FUNCTION} or --function __set_task_comm.")
     if not 1 <= samples <= 100:
         raise UsageError(f"--samples {samples}: use 1 to 100 samples of about a second.")
+    started = time.monotonic()
     bundle = ResultsBundle(settings.results, "bench")
     result: dict[str, Any] = {
         "run_id": bundle.run_id, "status": "running", "function": function,
@@ -102,10 +103,12 @@ def run_bench(settings: Settings, *, function: str = DEFAULT_FUNCTION, samples: 
         save()
     result["status"] = {0: "passed", 1: "failed"}.get(exit_code, "error")
     result["error"] = next((k["error"] for k in result["kernels"] if k["error"]), None)
+    result["duration_s"] = round(time.monotonic() - started, 1)
     save()
     bundle.write_text("bench.md", markdown_report(result))
     bundle.write_text("bench.svg", svg_chart(result))
-    text = text_report(result) + f"\nresults: {bundle.path}\n"
+    text = text_report(result) + (f"\nfinished in {result['duration_s']:.0f} s; "
+                                  f"results: {bundle.path}\n")
     return BenchOutcome(bundle.path, text, exit_code)
 
 
