@@ -21,7 +21,7 @@ from lab import console
 from lab.bench.render import markdown_report, svg_chart, text_report
 from lab.bench.stats import MODES, REFERENCES, ModeFigures, compare, parse_mode
 from lab.config import Settings
-from lab.errors import LabError, LabFailure, UsageError
+from lab.errors import LabError, LabFailure, ProbeLoadError, UsageError
 from lab.image.build import find_image, read_image
 from lab.results.bundle import ResultsBundle
 from lab.run.probes import (
@@ -91,6 +91,8 @@ def run_bench(settings: Settings, *, function: str = DEFAULT_FUNCTION, samples: 
         except LabError as exc:
             if exc.code == 2:
                 kernel["error"], exit_code = str(exc), 2
+            elif len(labs) > 1:  # this kernel cannot run it: say so, go on with the others
+                kernel["error"], exit_code = str(exc), max(exit_code, 1)
             else:
                 result["status"], result["error"] = "error", str(exc)
                 save()
@@ -154,8 +156,13 @@ def _build(ssh: Session, settings: Settings, key: str) -> str:
               f"-lbpf -lelf -lz -o {program}.tmp && mv {program}.tmp {program} && echo built")
     result = ssh.run(script, timeout=600)
     if result.exit_status != 0:
-        raise LabFailure(f"Building the benchmark in the guest failed: "
-                         f"{(result.err or result.out).strip()[-2000:]}")
+        if result.timed_out or result.exit_status < 0:
+            raise LabFailure("Building the benchmark in the guest did not finish: "
+                             f"{result.err.strip()[-1000:]}")
+        raise ProbeLoadError(
+            "Building the benchmark in the guest failed (this release's clang, bpftool or "
+            "libbpf may be too old for bpf/bench; it needs libbpf >= 0.8): "
+            f"{(result.err or result.out).strip()[-2000:]}")
     if "built" in result.out:
         console.say(f"benchmark built in the guest in {time.monotonic() - started:.0f} s")
         save_build(ssh, build_dir, cache)
