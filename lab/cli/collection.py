@@ -13,7 +13,8 @@ from typing import Any, cast
 from invoke.collection import Collection
 from invoke.tasks import Task
 
-NAMESPACES = ("image", "lab:labs", "scenario", "matrix", "results")  # "namespace[:module]"
+NAMESPACES = ("image", "lab:labs", "scenario", "matrix", "results", "bench")
+# ("namespace[:module]")
 
 
 def build_collection() -> Collection:
