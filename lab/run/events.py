@@ -44,7 +44,7 @@ import json
 import struct
 from collections.abc import Callable, Mapping
 
-__all__ = ["BtfError", "EventDecoder"]
+__all__ = ["BtfError", "EventDecoder", "TypeTable"]
 
 _Reader = Callable[[bytes, int], object]
 _StructReader = Callable[[bytes, int], dict[str, object]]
@@ -349,3 +349,35 @@ class EventDecoder:
         except ValueError as exc:
             raise BtfError(f"record is not valid hex: {exc}") from exc
         return self.decode(data)
+
+
+class TypeTable:
+    """Readers for any type of one object's type table (BTF JSON, or DWARF made alike)."""
+
+    def __init__(self, doc: object) -> None:
+        self.types = _load_types(doc)
+        self._builder = _LayoutBuilder(self.types)
+
+    def struct_id(self, name: str) -> int | None:
+        """The id of the complete ``struct name``, or None."""
+        found = [t for t in self.types.values()
+                 if t["kind"] == "STRUCT" and t.get("name") == name]
+        found.sort(key=lambda t: t.get("vlen") == 0)
+        return _get_int(found[0], "id") if found else None
+
+    def size(self, type_id: int) -> int:
+        return self._builder.reader(type_id)[1]
+
+    def read(self, type_id: int, data: bytes, offset: int = 0) -> object:
+        """Decode the value of type_id at offset; BtfError when data is too short."""
+        read, size = self._builder.reader(type_id)
+        if len(data) < offset + size:
+            raise BtfError(f"{len(data) - offset} bytes are fewer than the {size} of "
+                           f"{_describe(self._builder.resolve(type_id))}")
+        return read(data, offset)
+
+    def decoder(self, type_id: int) -> EventDecoder:
+        """A record decoder for the struct with this id."""
+        t = self._builder.resolve(type_id)
+        return EventDecoder(str(t.get("name") or "(anon)"), _get_int(t, "size"),
+                            self._builder.struct_reader(t))

@@ -60,8 +60,10 @@ def build_key(tarball: bytes, kernel_release: str, image_digest: str) -> str:
 
 
 def object_stem(probe: Probe) -> str:
-    """bpf/acl/fentry.bpf.c -> acl/fentry"""
-    return probe.source.removeprefix("bpf/").removesuffix(".bpf.c")
+    """bpf/acl/fentry.bpf.c -> acl/fentry; bpf/tools/probe.c -> tools/probe"""
+    source = probe.source.removeprefix("bpf/")
+    return source.removesuffix(".bpf.c") if source.endswith(".bpf.c") else \
+        source.removesuffix(".c")
 
 
 def build_targets(probes: Sequence[Probe], out: str) -> list[str]:
