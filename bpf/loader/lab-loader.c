@@ -9,9 +9,9 @@
  * Options apply to the object that follows them:
  *   -p PROG          attach only this program (repeatable; default: all whose
  *                    autoattach is on)
- *   -w SEC:OFF:HEX   before loading, write these bytes at offset OFF of the
- *                    global section SEC (.rodata, .data, .bss): how the host
- *                    sets a tool's `const volatile` knobs
+ *   -s NAME=HEX      before loading, set global variable NAME (in .rodata,
+ *                    .data or .bss) to these bytes: how the host sets a tool's
+ *                    `const volatile` knobs
  *
  * Protocol:
  *   stdout  one JSON line per record, flushed at once:
@@ -182,37 +182,67 @@ static int hex_value(char c)
 	return -1;
 }
 
-/* -w SEC:OFF:HEX: patch a global section's initial value before loading. */
-static int apply_write(struct bpf_object *obj, const char *spec)
+/* The global section variable `name` lives in: its map and offset (after open). */
+static struct bpf_map *find_global(struct bpf_object *obj, const char *name, __u32 *offset,
+				   __u32 *size)
 {
-	char section[64];
-	const char *colon = strchr(spec, ':');
+	const struct btf *btf = bpf_object__btf(obj);
+	struct bpf_map *map;
+
+	if (!btf)
+		return NULL;
+	bpf_object__for_each_map(map, obj) {
+		const struct btf_type *t;
+		const struct btf_var_secinfo *v;
+		int i;
+
+		if (!bpf_map__is_internal(map))
+			continue;
+		t = btf__type_by_id(btf, bpf_map__btf_value_type_id(map));
+		if (!t || !btf_is_datasec(t))
+			continue;
+		v = btf_var_secinfos(t);
+		for (i = 0; i < btf_vlen(t); i++, v++) {
+			const struct btf_type *var = btf__type_by_id(btf, v->type);
+
+			if (var && strcmp(btf__name_by_offset(btf, var->name_off), name) == 0) {
+				*offset = v->offset;
+				*size = v->size;
+				return map;
+			}
+		}
+	}
+	return NULL;
+}
+
+/* -s NAME=HEX: set a global's initial value (a tool's `const volatile` knob). */
+static int apply_setting(struct bpf_object *obj, const char *spec)
+{
+	char name[128];
+	const char *eq = strchr(spec, '=');
 	const char *hex;
 	unsigned char *image;
 	struct bpf_map *map;
-	size_t size, offset, len, i;
-	char *end;
+	__u32 offset, size;
+	size_t total, len, i;
 
-	if (!colon || (size_t)(colon - spec) >= sizeof(section))
+	if (!eq || (size_t)(eq - spec) >= sizeof(name))
 		goto bad;
-	memcpy(section, spec, colon - spec);
-	section[colon - spec] = '\0';
-	offset = strtoul(colon + 1, &end, 10);
-	if (*end != ':')
-		goto bad;
-	hex = end + 1;
+	memcpy(name, spec, eq - spec);
+	name[eq - spec] = '\0';
+	hex = eq + 1;
 	len = strlen(hex);
 	if (len % 2)
 		goto bad;
-	map = bpf_object__find_map_by_name(obj, section);
+	map = find_global(obj, name, &offset, &size);
 	if (!map) {
-		fprintf(stderr, "lab-loader: no global section %s in this object\n", section);
+		fprintf(stderr, "lab-loader: no global variable %s in this object\n", name);
 		return -ENOENT;
 	}
-	image = bpf_map__initial_value(map, &size);
-	if (!image || offset + len / 2 > size) {
-		fprintf(stderr, "lab-loader: -w %s does not fit the %zu bytes of %s\n", spec,
-			size, section);
+	image = bpf_map__initial_value(map, &total);
+	if (!image || len / 2 > size || offset + len / 2 > total) {
+		fprintf(stderr, "lab-loader: the value for %s does not fit its %u bytes\n", name,
+			size);
 		return -ERANGE;
 	}
 	for (i = 0; i < len / 2; i++) {
@@ -224,7 +254,7 @@ static int apply_write(struct bpf_object *obj, const char *spec)
 	}
 	return 0;
 bad:
-	fprintf(stderr, "lab-loader: bad -w %s (expected SECTION:OFFSET:HEXBYTES)\n", spec);
+	fprintf(stderr, "lab-loader: bad -s %s (expected NAME=HEXBYTES)\n", spec);
 	return -EINVAL;
 }
 
@@ -368,7 +398,7 @@ static int parse_args(int argc, char **argv, struct object_opts *objs, int *nobj
 	int i;
 
 	for (i = 1; i < argc; i++) {
-		if (strcmp(argv[i], "-p") == 0 || strcmp(argv[i], "-w") == 0) {
+		if (strcmp(argv[i], "-p") == 0 || strcmp(argv[i], "-s") == 0) {
 			int is_prog = argv[i][1] == 'p';
 
 			if (i + 1 >= argc || (is_prog ? cur.nprogs : cur.nwrites) == MAX_OPTS)
@@ -403,7 +433,7 @@ int main(int argc, char **argv)
 	int i, j, err, ret = 0;
 
 	if (parse_args(argc, argv, opts, &nobjs) != 0) {
-		fprintf(stderr, "usage: %s [-p PROG]... [-w SEC:OFF:HEX]... OBJ.bpf.o "
+		fprintf(stderr, "usage: %s [-p PROG]... [-s NAME=HEX]... OBJ.bpf.o "
 			"[[OPTS] OBJ2.bpf.o ...]\n", argv[0]);
 		return 1;
 	}
@@ -435,7 +465,7 @@ int main(int argc, char **argv)
 			goto cleanup;
 		}
 		for (j = 0; j < opts[i].nwrites; j++) {
-			if (apply_write(objs[i], opts[i].writes[j]) != 0) {
+			if (apply_setting(objs[i], opts[i].writes[j]) != 0) {
 				ret = 2;
 				goto cleanup;
 			}

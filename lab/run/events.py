@@ -368,6 +368,17 @@ class TypeTable:
     def size(self, type_id: int) -> int:
         return self._builder.reader(type_id)[1]
 
+    def resolve(self, type_id: int) -> Mapping[str, object]:
+        """The type behind type_id, typedefs and qualifiers looked through."""
+        return self._builder.resolve(type_id)
+
+    def variable_type(self, name: str) -> int | None:
+        """The type id of global variable `name` (a BTF VAR), or None."""
+        for t in self.types.values():
+            if t["kind"] == "VAR" and t.get("name") == name:
+                return _get_int(t, "type_id")
+        return None
+
     def read(self, type_id: int, data: bytes, offset: int = 0) -> object:
         """Decode the value of type_id at offset; BtfError when data is too short."""
         read, size = self._builder.reader(type_id)
