@@ -31,8 +31,9 @@ def encode(btf: TypeTable, name: str, value: Scalar, probe: str) -> str:
         raise refuse(str(exc)) from None
     kind = t["kind"]
     if kind == "ENUM" and isinstance(value, str):
-        values = {str(v["name"]): int(v["val"]) for v in t.get("values", [])  # type: ignore[union-attr]
-                  if isinstance(v, dict)}
+        listed = t.get("values")
+        values = {str(v["name"]): int(v["val"]) for v in
+                  (listed if isinstance(listed, list) else []) if isinstance(v, dict)}
         if value not in values:
             raise refuse(f"{value!r} is not one of {', '.join(values)}")
         value = values[value]
