@@ -58,7 +58,7 @@ def test_write_refuses_bad_names_and_overwrites(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="exists already"):
         write_scaffold("my-acl", sig, tmp_path / "scenarios", tmp_path / "bpf", fexit=True,
                        kprobe=False)
-    with pytest.raises(UsageError, match="Scenario name '../x'"):
+    with pytest.raises(UsageError, match=r"Scenario name '\.\./x'"):
         write_scaffold("../x", sig, tmp_path / "scenarios", tmp_path / "bpf", fexit=True,
                        kprobe=False)
 
