@@ -101,7 +101,7 @@ def check_maps(expectations: Sequence[MapExpectation],
             expected = " and ".join(bounds)
             ok = found and isinstance(value, int) and not isinstance(value, bool) and \
                 (exp.min is None or value >= exp.min) and (exp.max is None or value <= exp.max)
-        checks.append(Check("map", exp.label, expected, str(value) if found else str(value), ok))
+        checks.append(Check("map", exp.label, expected, str(value), ok))
     return checks
 
 

@@ -57,5 +57,5 @@ def test_nested_fields_and_lab_processes() -> None:
     assert field_value(event, "file.name") == (True, "passwd")
     assert field_value(event, "file.nope") == (False, None)
     assert field_value(event, "comm.x") == (False, None)
-    events = [event, {"comm": "sshd-session"}, {"comm": "bpftool"}]
+    events: list[dict[str, object]] = [event, {"comm": "sshd-session"}, {"comm": "bpftool"}]
     assert without_lab_processes(events) == [event]
