@@ -53,7 +53,7 @@ def test_output_lines() -> None:
 
 
 def test_nested_fields_and_lab_processes() -> None:
-    event = {"comm": "setfacl", "file": {"name": "passwd", "len": 7}}
+    event: dict[str, object] = {"comm": "setfacl", "file": {"name": "passwd", "len": 7}}
     assert field_value(event, "file.name") == (True, "passwd")
     assert field_value(event, "file.nope") == (False, None)
     assert field_value(event, "comm.x") == (False, None)
