@@ -21,7 +21,7 @@ from pathlib import Path
 from lab.config import load_settings
 from lab.matrix.orchestrate import parse_releases, run_matrix
 from lab.run.runner import run_scenario
-from lab.scenario.model import find_scenario, load_scenario
+from lab.scenario.load import find_scenario, load_scenario
 from lab.vm import backend_for
 
 

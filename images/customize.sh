@@ -52,12 +52,16 @@ say "kernel $krel: fetching linux-image-$krel-dbg"
 chroot "$tree" sh -c "cd /tmp && apt-get -q -o APT::Sandbox::User=root download linux-image-$krel-dbg"
 deb=$(ls "$tree"/tmp/linux-image-"$krel"-dbg_*.deb)
 say "extracting the debug vmlinux from $(basename "$deb") ($(du -m "$deb" | cut -f1) MB)"
-dpkg-deb --fsys-tarfile "$deb" | tar -x -C "$tree" "./usr/lib/debug/boot/vmlinux-$krel"
+# Up to 7.2 the vmlinux is /usr/lib/debug/boot/vmlinux-$krel; from 7.3 that is a symlink to
+# /usr/lib/debug/lib/modules/$krel/vmlinux. tar fails on the member a package lacks: the cp
+# below is the check.
+dpkg-deb --fsys-tarfile "$deb" | tar -x -C "$tree" "./usr/lib/debug/boot/vmlinux-$krel" \
+    "./usr/lib/debug/lib/modules/$krel/vmlinux" 2>/dev/null || true
 basename "$deb" > "$LAB_OUT/dbg-deb.txt"
 rm -f "$deb"
 
 cp "$tree/boot/vmlinuz-$krel" "$LAB_OUT/vmlinuz"
 cp "$tree/boot/initrd.img-$krel" "$LAB_OUT/initrd.img"
-cp "$tree/usr/lib/debug/boot/vmlinux-$krel" "$LAB_OUT/vmlinux"
+cp -L "$tree/usr/lib/debug/boot/vmlinux-$krel" "$LAB_OUT/vmlinux"
 echo "$krel" > "$LAB_OUT/kernel-release.txt"
 chroot "$tree" dpkg-query -W -f '${Package}\t${Version}\n' > "$LAB_OUT/packages.tsv"

@@ -103,3 +103,58 @@ def file_lock(path: Path, *, busy: str, wait: bool) -> Iterator[None]:
             console.say(busy)
             fcntl.flock(lock, fcntl.LOCK_EX)
         yield
+
+
+# -- processes ---------------------------------------------------------------------------
+
+
+def process_start_time(pid: int) -> int | None:
+    """The kernel's start time of pid (clock ticks since boot), None when it is gone.
+
+    With the pid, it names one process for good: a pid reused later has another start time.
+    Unlike /proc/PID/cmdline, it is there from the first instant after fork.
+    """
+    if pid <= 0:
+        return None
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # Field 2 (comm) may hold spaces and parentheses: count fields after the last ')'.
+    fields = stat[stat.rfind(")") + 2:].split()
+    try:
+        if fields[0] == "Z":  # a zombie has finished: it is not running anything
+            return None
+        return int(fields[19])
+    except (IndexError, ValueError):
+        return None
+
+
+def processes_of(marker: Path | str) -> list[int]:
+    """PIDs of the processes whose command line contains marker (a lab's directory)."""
+    needle = str(marker).encode()
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if needle in (proc / "cmdline").read_bytes():
+                    pids.append(int(proc.name))
+            except OSError:
+                continue
+    return pids
+
+
+def is_process(pid: int, *, marker: Path | str, start_time: int = 0) -> bool:
+    """True when pid is alive and is the process meant: same start time when one was
+    recorded (a qemu in its first instants has an empty cmdline), else marker in its
+    command line (a reused pid has another one)."""
+    started = process_start_time(pid)
+    if started is None:
+        return False
+    if start_time:
+        return started == start_time
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return str(marker).encode() in cmdline

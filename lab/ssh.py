@@ -8,9 +8,12 @@ agent or password is ever tried.
 from __future__ import annotations
 
 import base64
+import hashlib
+import logging
 import math
 import select
 import shlex
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -18,9 +21,26 @@ from pathlib import Path
 
 import paramiko
 
-from lab.errors import LabError
+from lab.errors import LabError, LabFailure
 
 MAX_OUTPUT = 4 * 1024 * 1024  # bytes kept per stream; the rest is counted and dropped
+# A command silent this long gets an SSH keepalive that must be answered within as long
+# again: a guest that stopped answering (network down both ways, frozen) is noticed in
+# ~2 * KEEPALIVE_S, not at the command's deadline. (TCP alone cannot tell: qemu's user-mode
+# network acknowledges the host side of the connection whatever the guest does.)
+KEEPALIVE_S = 10.0
+
+# paramiko logs its transport thread's failures, tracebacks included, to stderr through
+# Python's last-resort handler; every failure reaches the user as a LabError instead.
+_paramiko_log = logging.getLogger("paramiko")
+_paramiko_log.addHandler(logging.NullHandler())
+_paramiko_log.propagate = False
+
+
+def fingerprint(key_type: str, blob: bytes) -> str:
+    """OpenSSH's SHA256 fingerprint of a public key, as `ssh-keygen -l` prints it."""
+    digest = base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
+    return f"{key_type} SHA256:{digest}"
 
 
 @dataclass(frozen=True)
@@ -91,13 +111,15 @@ class _Collector:
 class Session:
     """One SSH connection to a lab; use as a context manager."""
 
-    def __init__(self, target: SshTarget, *, connect_timeout: float = 10.0) -> None:
+    def __init__(self, target: SshTarget, *, connect_timeout: float = 10.0,
+                 attempts: int = 3) -> None:
         self.target = target
         self.connect_timeout = connect_timeout
+        self.attempts = attempts
         self._client: paramiko.SSHClient | None = None
 
     def __enter__(self) -> Session:
-        self.connect()
+        self.connect(attempts=self.attempts)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -111,16 +133,16 @@ class Session:
                 self._client = self._connect_once()
                 return
             except paramiko.BadHostKeyException as exc:
-                raise LabError(
-                    f"The lab at {self.target.host}:{self.target.port} presented a host key "
-                    f"({exc.key.get_name()} {exc.key.get_base64()[:24]}...) that is not the "
-                    f"one pinned for it ({self.target.host_key_type} "
-                    f"{self.target.host_key[:24]}...). Refusing to connect: something else "
-                    "may be listening on that port, or the image was rebuilt under a running "
-                    "lab. Run `invoke lab.destroy` and `invoke lab.up`."
+                offered = fingerprint(exc.key.get_name(), exc.key.asbytes())
+                expected = fingerprint(self.target.host_key_type, _b64(self.target.host_key))
+                raise LabFailure(
+                    f"The lab at {self.target.host}:{self.target.port} offered host key "
+                    f"{offered}, but the key pinned for it is {expected}. Refusing to "
+                    "connect: something else may be listening on that port, or the image was "
+                    "rebuilt under a running lab. Run `invoke lab.destroy` and `invoke lab.up`."
                 ) from None
             except paramiko.AuthenticationException as exc:
-                raise LabError(
+                raise LabFailure(
                     f"The lab at {self.target.host}:{self.target.port} refused the lab's key "
                     f"{self.target.key_file} ({exc}). Rebuild the image "
                     "(`invoke image.build --force`) and recreate the lab."
@@ -129,7 +151,7 @@ class Session:
                 last = exc
                 if attempt + 1 < attempts:
                     time.sleep(backoff_s * (2**attempt))
-        raise LabError(
+        raise LabFailure(
             f"Could not connect by SSH to {self.target.user}@{self.target.host}:"
             f"{self.target.port} after {attempts} attempts ({last}). Check `invoke lab.status` "
             "and `invoke lab.logs`."
@@ -145,7 +167,7 @@ class Session:
         try:
             pkey = paramiko.Ed25519Key.from_private_key_file(str(self.target.key_file))
         except (OSError, paramiko.SSHException) as exc:
-            raise LabError(f"Cannot read the lab's SSH key {self.target.key_file}: {exc}.") \
+            raise LabFailure(f"Cannot read the lab's SSH key {self.target.key_file}: {exc}.") \
                 from None
         try:
             client.connect(
@@ -175,9 +197,9 @@ class Session:
     def open_channel(self, command: str) -> paramiko.Channel:
         transport = self.client.get_transport()
         if transport is None or not transport.is_active():
-            raise LabError(f"The SSH connection to {self.target.host}:{self.target.port} "
-                           "is gone: did the VM stop? See `invoke lab.status` and "
-                           "`invoke lab.logs`.", code=2)
+            raise LabFailure(f"The SSH connection to {self.target.host}:{self.target.port} "
+                             "is gone: did the VM stop? See `invoke lab.status` and "
+                             "`invoke lab.logs`.")
         channel = transport.open_session(timeout=self.connect_timeout)
         channel.exec_command(command)
         return channel
@@ -210,14 +232,14 @@ class Session:
             status = -1 if timed_out else channel.recv_exit_status()
             channel.close()
         except (OSError, paramiko.SSHException, EOFError) as exc:
-            raise LabError(f"The SSH connection to the lab failed while running "
-                           f"`{text[:200]}`: {exc}. The VM may have stopped: see "
-                           "`invoke lab.status` and `invoke lab.logs`.", code=2) from None
+            raise LabFailure(f"The SSH connection to the lab failed while running "
+                             f"`{text[:200]}`: {exc}. The VM may have stopped: see "
+                             "`invoke lab.status` and `invoke lab.logs`.") from None
         transport = self.client.get_transport()
         if status == -1 and not timed_out and (transport is None or not transport.is_active()):
-            raise LabError(f"The SSH connection to the lab was lost while running "
-                           f"`{text[:200]}`: did the VM stop? See `invoke lab.status` and "
-                           "`invoke lab.logs`.", code=2)
+            raise LabFailure(f"The SSH connection to the lab was lost while running "
+                             f"`{text[:200]}`: did the VM stop? See `invoke lab.status` and "
+                             "`invoke lab.logs`.")
         # `timeout` exits 124 after TERM; after -k it is KILLed with its group (-1 here).
         if status in (124, 137, -1) and time.monotonic() - started >= limit:
             timed_out = True
@@ -243,6 +265,7 @@ def _pump(channel: paramiko.Channel, out: _Collector, err: _Collector, deadline:
     sent = 0
     if not stdin:
         channel.shutdown_write()
+    alive = _Liveness(channel.get_transport())
     while True:
         drained = False
         if sent < len(stdin) and (channel.exit_status_ready() or channel.closed):
@@ -266,8 +289,42 @@ def _pump(channel: paramiko.Channel, out: _Collector, err: _Collector, deadline:
             return False
         if time.monotonic() > deadline:
             return True
-        if not drained:
+        if drained:
+            alive.heard()
+        else:
+            alive.check()
             select.select([channel], [], [], 0.05)
+
+
+class _Liveness:
+    """Keepalives with a reply while a command is silent; OSError when none comes."""
+
+    def __init__(self, transport: paramiko.Transport) -> None:
+        self.transport = transport
+        self.every_s = KEEPALIVE_S
+        self.last = time.monotonic()
+        self.asked: threading.Thread | None = None
+        self.asked_at = 0.0
+
+    def heard(self) -> None:
+        self.last = time.monotonic()
+
+    def check(self) -> None:
+        now = time.monotonic()
+        if not self.transport.is_active():
+            raise OSError("the SSH transport closed")
+        if self.asked is not None:
+            if not self.asked.is_alive():
+                self.asked, self.last = None, now
+            elif now - self.asked_at > self.every_s:
+                self.transport.close()
+                raise OSError(f"the guest did not answer an SSH keepalive within "
+                              f"{self.every_s:.0f} s")
+        elif now - self.last > self.every_s:
+            self.asked_at = now
+            self.asked = threading.Thread(target=self.transport.global_request,
+                                          args=("keepalive@openssh.com",), daemon=True)
+            self.asked.start()
 
 
 def _b64(blob: str) -> bytes:

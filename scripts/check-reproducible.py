@@ -61,13 +61,13 @@ def main() -> None:
         base = Path(scratch)
         first = build_in(base / "a", keys, args.release)
         second = build_in(base / "b", keys, args.release)
-        hashes = [{name: img.manifest["artefacts"][name]["sha256"]  # type: ignore[index]
+        hashes = [{name: str(img.manifest.artefacts[name]["sha256"])
                    for name in ARTEFACTS} for img in (first, second)]
         for name in ARTEFACTS:
             h1, h2 = hashes[0][name], hashes[1][name]
             print(f"{name:12} {'same' if h1 == h2 else 'DIFFERS'}  {h1[:16]}  {h2[:16]}")
         same = hashes[0] == hashes[1]
-        if first.manifest["packages"] != second.manifest["packages"]:
+        if first.manifest.packages != second.manifest.packages:
             print("package versions differ: the mirror changed between the builds")
         if hashes[0]["disk.qcow2"] != hashes[1]["disk.qcow2"]:
             print(first_difference(first.disk, second.disk, base))

@@ -492,11 +492,16 @@ int main(int argc, char **argv)
 				continue;
 			link = bpf_program__attach(prog);
 			if (!link) {
+				const char *sec = bpf_program__section_name(prog);
+				const char *fn = strchr(sec, '/');
+
+				/* Name the kernel function: "busy" alone does not say
+				 * which target is not traceable. */
 				err = -errno;
-				fprintf(stderr, "lab-loader: failed to attach program %s (SEC \"%s\") "
-					"in %s: %s%s\n", bpf_program__name(prog),
-					bpf_program__section_name(prog), path, strerror(-err),
-					err == -EBUSY || err == -ENOENT || err == -EINVAL ?
+				fprintf(stderr, "lab-loader: failed to attach program %s "
+					"(%s) to function %s in %s: %s%s\n",
+					bpf_program__name(prog), sec, fn ? fn + 1 : "?", path,
+					strerror(-err), err == -EBUSY || err == -ENOENT || err == -EINVAL ?
 					" (is the function present and traceable? see "
 					"available_filter_functions)" : "");
 				ret = 3;

@@ -195,13 +195,110 @@ def peek(functions: list[str]) -> dict[str, object]:
             if len(raw) == 5 and raw[0] == 0xE8:
                 at = int(str(insn["address"]), 16)
                 calls[fn] = at + 5 + struct.unpack("<i", raw[1:])[0]
+    ksyms = read_kallsyms()  # once: each read costs about a second under TCG
     if calls:
         names = symbolize(list(calls.values()))
         for fn, target in calls.items():
             entry = result[fn]
             assert isinstance(entry, dict)
             entry["call_target"] = {"address": f"{target:#x}", "symbol": names.get(target)}
+            if str(names.get(target, "")).startswith("bpf_trampoline_"):
+                entry["trampoline"] = _guarded(read_trampoline, target, addresses, ksyms)
+    for fn, addr in addresses.items():
+        entry = result[fn]
+        assert isinstance(entry, dict)
+        entry["returns"] = _guarded(return_instructions, addr, ksyms)
     return result
+
+
+# --- report data: the trampoline a patched entry calls, and a function's returns -------
+
+TRAMPOLINE_BYTES = 768  # an fentry+fexit trampoline is a few hundred bytes
+
+
+def _guarded(func: Any, *args: Any) -> Any:
+    """Extra report data must never fail a run: an error becomes {"error": ...}."""
+    try:
+        return func(*args)
+    except (OSError, LookupError, ValueError, subprocess.SubprocessError) as exc:
+        return {"error": f"{type(exc).__name__}: {exc}"}
+
+
+def _call_targets(insns: list[dict[str, object]]) -> dict[int, int]:
+    """Instruction address -> target of each direct call/jmp (e8/e9 rel32)."""
+    targets: dict[int, int] = {}
+    for insn in insns:
+        raw = bytes.fromhex(str(insn["bytes"]).replace(" ", ""))
+        if len(raw) == 5 and raw[0] in (0xE8, 0xE9):
+            at = int(str(insn["address"]), 16)
+            targets[at] = at + 5 + struct.unpack("<i", raw[1:])[0]
+    return targets
+
+
+def _thunk(ksyms: str) -> int | None:
+    match = re.search(r"^([0-9a-f]+) \w __x86_return_thunk$", ksyms, re.MULTILINE)
+    return int(match.group(1), 16) if match else None
+
+
+def _name_targets(targets: list[int], functions: dict[str, int], text: str) -> dict[int, str]:
+    """Exact kallsyms names; a target inside a peeked function is that function+off
+    (the trampoline calls the original body past the patched entry)."""
+    named: dict[int, str] = {}
+    for target in targets:
+        match = re.search(rf"^{target:016x} \w (\S+)", text, re.MULTILINE)
+        if match:
+            named[target] = match.group(1)
+            continue
+        for fn, start in functions.items():
+            if 0 < target - start < 4096:
+                named[target] = f"{fn}+{target - start:#x}"
+    return named
+
+
+def read_trampoline(address: int, functions: dict[str, int], ksyms: str) -> dict[str, object]:
+    code = read_kcore(address, TRAMPOLINE_BYTES)
+    insns = disassemble(code, address)
+    for i, insn in enumerate(insns):  # the trampoline ends at its first return
+        text = str(insn["text"])
+        if text.startswith("ret") or text.startswith("int3"):
+            insns = insns[:i + 1]
+            break
+    targets = _call_targets(insns)
+    names = _name_targets(sorted(set(targets.values())), functions, ksyms)
+    thunk = _thunk(ksyms)
+    for insn in insns:
+        target = targets.get(int(str(insn["address"]), 16))
+        if target is not None:
+            insn["target"] = f"{target:#x}"
+            insn["symbol"] = names.get(target) or (
+                "__x86_return_thunk" if target == thunk else None)
+    used = sum(len(str(i["bytes"]).split()) for i in insns)
+    return {"address": f"{address:#x}", "bytes": code[:used].hex(" "), "instructions": insns}
+
+
+def _function_end(address: int, text: str) -> int:
+    """The next kallsyms address above `address` (core kallsyms is in address order)."""
+    match = re.search(rf"^{address:016x} \w \S+.*\n((?:{address:016x} .*\n)*)"
+                      r"([0-9a-f]{16}) ", text, re.MULTILINE)
+    if not match:
+        raise LookupError(f"no symbol after {address:#x} in /proc/kallsyms")
+    return int(match.group(2), 16)
+
+
+def return_instructions(address: int, ksyms: str) -> list[dict[str, object]]:
+    """The function's live return instructions: `ret`, or `jmp __x86_return_thunk`."""
+    size = min(max(_function_end(address, ksyms) - address, 16), 8192)
+    insns = disassemble(read_kcore(address, size), address)
+    thunk = _thunk(ksyms)
+    targets = _call_targets(insns)
+    found = []
+    for insn in insns:
+        at = int(str(insn["address"]), 16)
+        text = str(insn["text"])
+        if text.startswith("ret") or (text.startswith("jmp") and thunk is not None
+                                      and targets.get(at) == thunk):
+            found.append({**insn, "offset": f"{at - address:#x}"})
+    return found
 
 
 def objdump_function(vmlinux: str, fn: str) -> str:
@@ -300,4 +397,12 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except OSError as exc:  # a full disk is the usual cause: say it in one line for the host
+        # (tempfile says "No usable temporary directory", not ENOSPC, so look at the disk.)
+        root = os.statvfs("/")
+        full = root.f_bavail * root.f_frsize < (1 << 20)
+        why = "No space left on device (the root disk is full)" if full else str(exc)
+        print(f"fentry-lab-guest: {why}: {exc}", file=sys.stderr)
+        sys.exit(3)

@@ -1,4 +1,4 @@
-"""Recipe -> cached, verified lab image.
+"""Recipe -> cached image: mmdebstrap -> ext4 -> qcow2 -> manifest.
 
 An image is a directory in the cache holding the root disk (qcow2), the kernel and initrd
 for direct boot, the kernel's debug vmlinux and a manifest with hashes. It is built in a
@@ -11,28 +11,57 @@ from __future__ import annotations
 import contextlib
 import datetime
 import email.utils
-import hashlib
 import json
 import os
 import re
 import shutil
-import subprocess
 import tempfile
 import time
 import urllib.error
 import urllib.request
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
-
-import yaml
+from typing import Any
 
 from lab import console
 from lab.config import Settings
 from lab.elf import build_id_from_elf
 from lab.errors import LabError
-from lab.host import file_lock, require_tools, run_checked, run_streamed, tool_path
+from lab.host import file_lock, require_tools, run_checked, tool_path
+from lab.image.buildproc import (
+    Watchdog,
+    mark_builder,
+    mounts_below,
+    remove_build_dir,
+    remove_stale_builds,
+    run_in_group,
+)
+from lab.image.cache import (
+    ARTEFACTS,
+    Image,
+    find_image,
+    image_directory,
+    list_images,
+    make_image,
+    read_image,
+    sha256_file,
+    verify_image,
+    write_stamp,
+)
 from lab.image.keys import LabKeys, ensure_keys
+from lab.image.recipe import (
+    Recipe,
+    apt_sources,
+    include_packages,
+    known_releases,
+    load_recipe,
+    recipe_digest,
+    resolve_kernel,
+)
+
+__all__ = ["ARTEFACTS", "HOST_TOOLS", "Image", "Recipe", "build_image", "find_image",
+           "image_directory", "known_releases", "list_images", "load_recipe", "mounts_below",
+           "read_image", "recipe_digest", "remove_build_dir", "sha256_file", "verify_image"]
 
 HOST_TOOLS = {
     "mmdebstrap": "mmdebstrap",
@@ -42,175 +71,10 @@ HOST_TOOLS = {
     "dpkg-deb": "dpkg",
 }
 MIN_FREE_BYTES = 5 * 1024**3  # tree (~1.4 GB) + raw image + qcow2, with margin
-ARTEFACTS = ("disk.qcow2", "vmlinuz", "initrd.img", "vmlinux")
-RECIPE_KEYS = {"release", "suite", "mirror", "kernel_flavour", "root_device", "disk_interface",
-               "boot_initrd", "packages", "user"}
+_remove_stale_builds = remove_stale_builds  # older name, kept for tests
 
 
-@dataclass(frozen=True)
-class Recipe:
-    release: str
-    suite: str
-    mirror: str
-    kernel_flavour: str
-    root_device: str
-    disk_interface: str
-    boot_initrd: bool
-    packages: tuple[str, ...]
-    user: str
-    path: Path
-
-
-def known_releases(images_dir: Path) -> list[str]:
-    return sorted(p.stem for p in images_dir.glob("*.yaml"))
-
-
-def load_recipe(settings: Settings, release: str | None = None) -> Recipe:
-    release = release or settings.release
-    path = settings.images_dir / f"{release}.yaml"
-    if not re.fullmatch(r"[a-z][a-z0-9-]*", release) or not path.is_file():
-        known = ", ".join(known_releases(settings.images_dir))
-        raise LabError(f"Unknown release {release!r}. Known releases: {known}.")
-    data = yaml.safe_load(path.read_text())
-    if not isinstance(data, dict) or set(data) != RECIPE_KEYS:
-        raise LabError(f"Recipe {path} must be a mapping with exactly the keys "
-                       f"{', '.join(sorted(RECIPE_KEYS))}.")
-    return Recipe(
-        release=str(data["release"]), suite=str(data["suite"]),
-        mirror=settings.mirror or str(data["mirror"]),
-        kernel_flavour=str(data["kernel_flavour"]), root_device=str(data["root_device"]),
-        disk_interface=str(data["disk_interface"]), boot_initrd=bool(data["boot_initrd"]),
-        packages=tuple(sorted(str(p) for p in data["packages"])), user=str(data["user"]),
-        path=path,
-    )
-
-
-def recipe_digest(recipe: Recipe, keys: LabKeys) -> str:
-    """Hash of everything that goes into the image except the mirror's contents."""
-    h = hashlib.sha256()
-    h.update(json.dumps([recipe.release, recipe.suite, recipe.mirror, recipe.kernel_flavour,
-                         recipe.root_device, recipe.packages, recipe.user]).encode())
-    images_dir = recipe.path.parent
-    inputs = [images_dir / "customize.sh", images_dir / "masked-units.txt"]
-    inputs += sorted(p for p in (images_dir / "overlay").rglob("*") if p.is_file())
-    for path in inputs:
-        h.update(str(path.relative_to(images_dir)).encode())
-        h.update(oct(path.stat().st_mode & 0o777).encode())
-        h.update(path.read_bytes())
-    h.update(keys.host_public.read_bytes())
-    h.update(keys.client_public.read_bytes())
-    return h.hexdigest()
-
-
-@dataclass(frozen=True)
-class Image:
-    directory: Path
-    manifest: dict[str, object]
-
-    @property
-    def disk(self) -> Path:
-        return self.directory / "disk.qcow2"
-
-    @property
-    def kernel(self) -> Path:
-        return self.directory / "vmlinuz"
-
-    @property
-    def initrd(self) -> Path:
-        return self.directory / "initrd.img"
-
-    @property
-    def vmlinux(self) -> Path:
-        return self.directory / "vmlinux"
-
-    @property
-    def kernel_release(self) -> str:
-        return str(self.manifest["kernel_release"])
-
-    @property
-    def build_id(self) -> str:
-        return str(self.manifest["build_id"])
-
-    @property
-    def release(self) -> str:
-        return str(self.manifest["release"])
-
-    @property
-    def boot(self) -> dict[str, str]:
-        boot = self.manifest["boot"]
-        assert isinstance(boot, dict)
-        return {str(k): str(v) for k, v in boot.items()}
-
-
-def read_image(directory: Path) -> Image | None:
-    manifest_path = directory / "manifest.json"
-    if not manifest_path.is_file():
-        return None
-    return Image(directory, json.loads(manifest_path.read_text()))
-
-
-def image_directory(settings: Settings, recipe: Recipe, keys: LabKeys) -> Path:
-    return settings.images_cache / f"{recipe.release}-{recipe_digest(recipe, keys)[:12]}"
-
-
-def find_image(settings: Settings, release: str | None = None) -> Image | None:
-    """The cached image for the current recipe of a release, if built."""
-    recipe = load_recipe(settings, release)
-    keys = ensure_keys(settings.keys_dir)
-    return read_image(image_directory(settings, recipe, keys))
-
-
-def list_images(settings: Settings) -> list[Image]:
-    if not settings.images_cache.is_dir():
-        return []
-    found = (read_image(d) for d in sorted(settings.images_cache.iterdir()) if d.is_dir())
-    return [img for img in found if img is not None]
-
-
-def prune_images(settings: Settings) -> list[Path]:
-    """Delete cached images that no current recipe builds and no lab's disk is based on."""
-    keys = ensure_keys(settings.keys_dir)
-    keep = {image_directory(settings, load_recipe(settings, release), keys)
-            for release in known_releases(settings.images_dir)}
-    if settings.labs_dir.is_dir():
-        for state in settings.labs_dir.glob("*/state.json"):
-            used = json.loads(state.read_text()).get("image")
-            if used:
-                keep.add(Path(used))
-    removed = []
-    for image in list_images(settings):
-        if image.directory not in keep:
-            shutil.rmtree(image.directory)
-            removed.append(image.directory)
-    return removed
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(4 * 1024 * 1024):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def verify_image(image: Image) -> list[str]:
-    """Recompute every artefact's sha256; return one line per mismatch (empty: intact)."""
-    problems = []
-    artefacts = image.manifest.get("artefacts")
-    assert isinstance(artefacts, dict)
-    for name, expected in sorted(artefacts.items()):
-        path = image.directory / name
-        if not path.is_file():
-            problems.append(f"{name}: missing")
-            continue
-        actual = sha256_file(path)
-        if actual != expected["sha256"]:
-            problems.append(f"{name}: sha256 {actual} differs from the manifest's "
-                            f"{expected['sha256']}")
-    return problems
-
-
-def _mirror_release_date(recipe: Recipe) -> int:
+def _mirror_release(recipe: Recipe) -> tuple[int, bool]:
     """Fetch the suite's Release file: proves the mirror answers and dates the build.
 
     The Release file's Date becomes SOURCE_DATE_EPOCH, so the same mirror state gives the
@@ -231,7 +95,13 @@ def _mirror_release_date(recipe: Recipe) -> int:
     match = re.search(r"^Date:\s*(.+)$", text, re.MULTILINE)
     if not match:
         raise LabError(f"{url} has no Date field: is {recipe.mirror} a Debian mirror?")
-    return int(email.utils.parsedate_to_datetime(match.group(1)).timestamp())
+    date = int(email.utils.parsedate_to_datetime(match.group(1)).timestamp())
+    # A mirror that is a snapshot (as here) serves suites past their Valid-Until (sid's is a
+    # week): apt would refuse them. The signature is still checked; the manifest says so.
+    until = re.search(r"^Valid-Until:\s*(.+)$", text, re.MULTILINE)
+    expired = bool(until) and email.utils.parsedate_to_datetime(
+        until.group(1) if until else "").timestamp() < time.time()
+    return date, expired
 
 
 def _check_disk_space(where: Path) -> None:
@@ -244,40 +114,6 @@ def _check_disk_space(where: Path) -> None:
         )
 
 
-def mounts_below(path: Path) -> list[str]:
-    prefix = str(path.resolve()) + "/"
-    with open("/proc/self/mounts") as f:
-        points = [line.split()[1].replace("\\040", " ") for line in f]
-    return sorted((p for p in points if p.startswith(prefix)), key=len, reverse=True)
-
-
-def remove_build_dir(path: Path) -> None:
-    """Delete a (partial) build, never through a mount point mmdebstrap may have left.
-
-    A tree with /proc, /sys or /dev still mounted would otherwise have rmtree walk into the
-    host's own files.
-    """
-    for point in mounts_below(path):
-        subprocess.run(["umount", "--lazy", point], check=False, capture_output=True)
-    left = mounts_below(path)
-    if left:
-        raise LabError(f"The unfinished build in {path} still has mounts ({', '.join(left)}); "
-                       "it was not deleted. Unmount them (`umount -R`) and delete it by hand.")
-    shutil.rmtree(path, ignore_errors=True)
-
-
-def _remove_stale_builds(cache: Path) -> None:
-    """Temporary build directories whose builder is gone (killed, power loss)."""
-    for tmp in cache.glob(".build-*"):
-        pid_file = tmp / "builder.pid"
-        try:
-            os.kill(int(pid_file.read_text()), 0)
-            continue  # still building
-        except (OSError, ValueError):
-            pass
-        remove_build_dir(tmp)
-
-
 MISSING_PACKAGE = re.compile(r"Unable to locate package (\S+)|"
                              r"Package '?([^' ]+)'? has no installation candidate")
 
@@ -287,16 +123,18 @@ def missing_packages(line: str) -> list[str]:
     return [a or b for a, b in MISSING_PACKAGE.findall(line)]
 
 
-def _mmdebstrap(recipe: Recipe, keys: LabKeys, tree: Path, out: Path, epoch: int) -> None:
+def _mmdebstrap(recipe: Recipe, keys: LabKeys, tree: Path, out: Path, epoch: int,
+                kernel_release: str = "", *, expired: bool = False) -> None:
     mode = "root" if os.geteuid() == 0 else "unshare"
     if mode == "unshare" and not Path("/proc/sys/kernel/unprivileged_userns_clone").exists():
         console.warn("not root: trying mmdebstrap's unshare mode (needs user namespaces)")
     argv = [
         "mmdebstrap", f"--mode={mode}", "--variant=minbase", "--format=directory",
         "--aptopt=Acquire::Retries 3",
-        f"--include={','.join(recipe.packages)}",
+        *(["--aptopt=Acquire::Check-Valid-Until false"] if expired else []),
+        f"--include={','.join(include_packages(recipe, kernel_release))}",
         f"--customize-hook={recipe.path.parent / 'customize.sh'} \"$1\"",
-        recipe.suite, str(tree), recipe.mirror,
+        recipe.suite, str(tree), *apt_sources(recipe),
     ]
     env = {
         "SOURCE_DATE_EPOCH": str(epoch),
@@ -309,12 +147,11 @@ def _mmdebstrap(recipe: Recipe, keys: LabKeys, tree: Path, out: Path, epoch: int
 
     def show(line: str) -> None:
         missing.extend(missing_packages(line))
-        if line.startswith(("I: ", "fentry-lab: ", "Get:", "E: ", "W: ")) and not line.startswith(
-                "Get:"):
+        if line.startswith(("I: ", "fentry-lab: ", "E: ", "W: ")):
             console.say(f"  {line}")
 
     try:
-        run_streamed(argv, what="mmdebstrap", on_line=show, env=env)
+        run_in_group(argv, build=out, what="mmdebstrap", on_line=show, env=env)
     except LabError as exc:
         if missing:
             raise LabError(
@@ -387,7 +224,7 @@ def build_image(settings: Settings, release: str | None = None, *, force: bool =
     recipe = load_recipe(settings, release)
     keys = ensure_keys(settings.keys_dir)
     digest = recipe_digest(recipe, keys)
-    final = settings.images_cache / f"{recipe.release}-{digest[:12]}"
+    final = image_directory(settings, recipe)
     existing = read_image(final)
     if existing and not force:
         console.say(f"image {final.name} is already built ({final})")
@@ -399,45 +236,56 @@ def build_image(settings: Settings, release: str | None = None, *, force: bool =
         existing = read_image(final)
         if existing and not force:  # built by a concurrent builder while we waited
             return existing
-        _remove_stale_builds(settings.images_cache)
+        remove_stale_builds(settings.images_cache)
         _check_disk_space(settings.images_cache)
-        epoch = _mirror_release_date(recipe)
+        epoch, expired = _mirror_release(recipe)
+        if expired:
+            console.warn(f"the mirror's {recipe.suite} Release is past its Valid-Until (a "
+                         "snapshot mirror): building from it anyway, as the manifest records")
+        kernel_release = resolve_kernel(recipe) if recipe.kernel else ""
         started = time.monotonic()
         tmp = Path(tempfile.mkdtemp(prefix=f".build-{recipe.release}-",
                                     dir=settings.images_cache))
+        mark_builder(tmp)
+        watchdog = Watchdog(tmp)
         try:
             os.chmod(tmp, 0o755)  # noqa: S103 (apt drops privileges to _apt to download)
-            (tmp / "builder.pid").write_text(str(os.getpid()))
             tree = tmp / "tree"
-            console.say(f"[1/3] installing Debian {recipe.suite} from {recipe.mirror} "
-                        "(mmdebstrap, about a minute)")
-            _mmdebstrap(recipe, keys, tree, tmp, epoch)
+            picked = f", kernel {kernel_release} from {recipe.kernel_source}" \
+                if kernel_release else ""
+            console.say(f"[1/3] installing Debian {recipe.suite} from {recipe.mirror}{picked} "
+                        "(mmdebstrap, a few minutes)")
+            _mmdebstrap(recipe, keys, tree, tmp, epoch, kernel_release, expired=expired)
             console.say("[2/3] building the disk image")
             _make_disk(tree, tmp, recipe, digest, epoch)
             remove_build_dir(tree)
             console.say("[3/3] hashing artefacts and writing the manifest")
-            image = _write_manifest(tmp, recipe, digest, epoch, started)
+            image = _write_manifest(tmp, recipe, digest, epoch, started, kernel_release,
+                                    expired)
             (tmp / "builder.pid").unlink()
             if final.exists():
                 shutil.rmtree(final)
             tmp.rename(final)
+            write_stamp(make_image(final, image.manifest))  # hashed just now, in the manifest
         except BaseException:
             remove_build_dir(tmp)
             raise
+        finally:
+            watchdog.done()
     console.say(f"image ready: {final} (kernel {image.kernel_release}, "
                 f"{time.monotonic() - started:.0f} s)")
-    return Image(final, image.manifest)
+    return make_image(final, image.manifest)
 
 
 def _write_manifest(out: Path, recipe: Recipe, digest: str, epoch: int,
-                    started: float) -> Image:
+                    started: float, picked_kernel: str = "", expired: bool = False) -> Image:
     kernel_release = (out / "kernel-release.txt").read_text().strip()
     build_id = build_id_from_elf(out / "vmlinux")
     if not build_id:
         raise LabError(f"The debug vmlinux of {kernel_release} has no GNU build ID.")
     packages = dict(line.split("\t", 1) for line in
                     (out / "packages.tsv").read_text().splitlines() if "\t" in line)
-    manifest: dict[str, object] = {
+    manifest: dict[str, Any] = {
         "release": recipe.release,
         "suite": recipe.suite,
         "mirror": recipe.mirror,
@@ -453,10 +301,19 @@ def _write_manifest(out: Path, recipe: Recipe, digest: str, epoch: int,
         "build_seconds": round(time.monotonic() - started, 1),
         "builder": _versions(),
         "packages": dict(sorted(packages.items())),
+        **({"kernel": {"asked": recipe.kernel, "picked": picked_kernel,
+                       "suite": recipe.kernel_source,
+                       "package": f"linux-image-{picked_kernel}="
+                                  + packages.get(f"linux-image-{picked_kernel}", "")}}
+           if picked_kernel else {}),
+        **({"release_expired": True} if expired else {}),
+        **({"moving": True, "note": f"{recipe.suite} moves: this image pins the versions in "
+                                    "`packages` and the mirror state of source_date_epoch"}
+           if recipe.moving else {}),
         "artefacts": {name: {"sha256": sha256_file(out / name),
                              "size": (out / name).stat().st_size} for name in ARTEFACTS},
     }
     for scratch in ("kernel-release.txt", "packages.tsv", "dbg-deb.txt"):
         (out / scratch).unlink()
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    return Image(out, manifest)
+    return make_image(out, manifest)

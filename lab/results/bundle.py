@@ -1,24 +1,25 @@
 """The results bundle on the host: results/<scenario>/<run id>/, with `latest` beside it.
 
-Files are written as soon as they are known, so a run that fails half way still leaves
-everything it collected; summary.json says whether the run passed, failed or erred.
+Files are written as soon as they are known, each atomically (a temporary file renamed
+over the name), so a run that fails half way still leaves everything it collected and no
+file is ever half written. summary.json is written first with ``status: running`` and only
+then does `latest` move, so `latest` never points at a bundle without summary.json, even
+after SIGKILL. A full results disk is a LabFailure with the path, never a traceback.
 """
 
 from __future__ import annotations
 
 import datetime
+import errno
 import json
 import os
-import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from xml.sax.saxutils import escape as _xml_escape
-from xml.sax.saxutils import quoteattr as _xml_quoteattr
 
+from lab.errors import LabFailure
 from lab.results.check import Check
+from lab.results.junit import junit_xml
 
-# Characters XML 1.0 forbids even when escaped (ANSI escapes from a serial log, NULs).
-_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
 TEXT_LIMIT = 8 * 1024 * 1024  # bytes of any one text file kept; the rest is cut and marked
 
 
@@ -27,25 +28,82 @@ def run_id(now: datetime.datetime | None = None) -> str:
     return now.strftime("%Y%m%dT%H%M%S") + f"{now.microsecond // 1000:03d}Z"
 
 
-class ResultsBundle:
-    def __init__(self, root: Path, scenario: str) -> None:
-        self.scenario_dir = root / scenario
-        self.scenario_dir.mkdir(parents=True, exist_ok=True)
-        base = run_id()
-        self.run_id = base
-        suffix = 1
-        while (self.scenario_dir / self.run_id).exists():
-            suffix += 1
-            self.run_id = f"{base}-{suffix}"
-        self.path = self.scenario_dir / self.run_id
-        self.path.mkdir()
-        self._point_latest()
+def _disk_error(path: Path, exc: OSError) -> LabFailure:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return LabFailure(f"The results disk is full: could not write {path}. Free some space "
+                          "(old runs under the results folder can go) or point "
+                          "FENTRY_LAB_RESULTS elsewhere, then run again.")
+    return LabFailure(f"Could not write {path}: {exc.strerror or exc}. Check the results "
+                      "folder (FENTRY_LAB_RESULTS) is a writable directory.")
 
-    def _point_latest(self) -> None:
-        tmp = self.scenario_dir / f".latest-{os.getpid()}"
+
+def write_atomic(path: Path, data: bytes) -> Path:
+    """Write data to path through a temporary file renamed over it; LabFailure if it fails."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tmp.open("wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
         tmp.unlink(missing_ok=True)
-        tmp.symlink_to(self.run_id)
-        os.replace(tmp, self.scenario_dir / "latest")
+        raise _disk_error(path, exc) from None
+    return path
+
+
+def write_json(path: Path, value: object) -> Path:
+    return write_atomic(path, (json.dumps(value, indent=2, default=str) + "\n").encode())
+
+
+def point_latest(directory: Path, name: str) -> None:
+    """Make directory/latest a relative symlink to name, atomically."""
+    tmp = directory / f".latest-{os.getpid()}"
+    try:
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(name)
+        os.replace(tmp, directory / "latest")
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise _disk_error(directory / "latest", exc) from None
+
+
+def new_run_dir(root: Path, first: Mapping[str, object] | None = None) -> Path:
+    """A fresh root/<run id>/ (distinct even within one millisecond), then `latest` to it.
+
+    ``first``: JSON files to write (name -> value) before `latest` moves to it.
+    """
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _disk_error(root, exc) from None
+    base = run_id()
+    name, suffix = base, 1
+    while True:
+        try:
+            (root / name).mkdir()
+            break
+        except FileExistsError:
+            suffix += 1
+            name = f"{base}-{suffix}"
+        except OSError as exc:
+            raise _disk_error(root / name, exc) from None
+    for file, value in (first or {}).items():
+        write_json(root / name / file, value)
+    point_latest(root, name)
+    return root / name
+
+
+class ResultsBundle:
+    """One run's folder. summary.json exists (``status: running``) from the start."""
+
+    def __init__(self, root: Path, scenario: str,
+                 provisional: Mapping[str, object] | None = None) -> None:
+        self.scenario_dir = root / scenario
+        summary = {"scenario": scenario, "status": "running", **(provisional or {})}
+        self.path = new_run_dir(self.scenario_dir, {"summary.json": summary})
+        self.run_id = self.path.name
 
     def write_text(self, name: str, text: str) -> Path:
         data = text.encode("utf-8", "replace")
@@ -54,10 +112,7 @@ class ResultsBundle:
             kept = data[:TEXT_LIMIT].decode("utf-8", "ignore").encode("utf-8")
             cut = len(data) - len(kept)
             data = kept + f"\n[fentry-lab: {cut} more bytes cut]\n".encode()
-        path = self.path / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-        return path
+        return write_atomic(self.path / name, data)
 
     def write_json(self, name: str, value: object) -> Path:
         return self.write_text(name, json.dumps(value, indent=2, default=str) + "\n")
@@ -66,31 +121,6 @@ class ResultsBundle:
         return self.write_text(name, "".join(json.dumps(row, default=str) + "\n"
                                              for row in rows))
 
-    def write_junit(self, scenario: str, checks: list[Check], error: str | None,
+    def write_junit(self, scenario: str, checks: Sequence[Check], error: str | None,
                     duration_s: float) -> Path:
-        def escape(text: str) -> str:
-            return _xml_escape(_NOT_XML.sub("\ufffd", text))
-
-        def quoteattr(text: str) -> str:
-            return _xml_quoteattr(_NOT_XML.sub("\ufffd", text))
-
-        failures = sum(1 for c in checks if not c.ok)
-        cases = []
-        for check in checks:
-            body = ""
-            if not check.ok:
-                body = (f"<failure message={quoteattr(check.describe())}>"
-                        f"{escape(check.describe())}</failure>")
-            cases.append(f'    <testcase classname={quoteattr(scenario)} '
-                         f'name={quoteattr(check.name)}>{body}</testcase>')
-        if error:
-            cases.append(f'    <testcase classname={quoteattr(scenario)} name="run">'
-                         f'<error message={quoteattr(error[:500])}>{escape(error)}</error>'
-                         "</testcase>")
-        xml = (
-            '<?xml version="1.0" encoding="UTF-8"?>\n'
-            f'<testsuite name={quoteattr(scenario)} tests="{len(cases)}" '
-            f'failures="{failures}" errors="{1 if error else 0}" time="{duration_s:.2f}">\n'
-            + "\n".join(cases) + "\n</testsuite>\n"
-        )
-        return self.write_text("junit.xml", xml)
+        return self.write_text("junit.xml", junit_xml(scenario, checks, error, duration_s))

@@ -44,6 +44,8 @@ import json
 import struct
 from collections.abc import Callable, Mapping
 
+from lab.errors import ScenarioError
+
 __all__ = ["BtfError", "EventDecoder", "TypeTable"]
 
 _Reader = Callable[[bytes, int], object]
@@ -57,8 +59,8 @@ _FLOAT_CODES = {4: "f", 8: "d"}
 _PTR_SIZE = 8
 
 
-class BtfError(ValueError):
-    """The BTF JSON or a record does not fit what the decoder needs."""
+class BtfError(ScenarioError, ValueError):
+    """The BTF JSON or a record does not fit what the decoder needs (exit 1)."""
 
 
 def _describe(t: Mapping[str, object]) -> str:

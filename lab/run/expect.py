@@ -13,9 +13,13 @@ def check_step(step: Step, exit_status: int, stdout: str, stderr: str,
     label = f"step '{step.name}'"
     if timed_out:
         return [Check("step", f"{label} exit status", f"exit {step.expect_exit}",
-                      f"timed out after {step.timeout} s", False)]
-    checks = [Check("step", f"{label} exit status", f"exit {step.expect_exit}",
-                    f"exit {exit_status}", exit_status == step.expect_exit)]
+                      f"timed out after {step.timeout:g} s", False)]
+    seen = f"exit {exit_status}"
+    runuser = [line for line in stderr.splitlines() if line.startswith("runuser:")]
+    if exit_status != step.expect_exit and runuser:  # e.g. "runuser: user bob does not exist"
+        seen += f" ({runuser[0].strip()})"
+    checks = [Check("step", f"{label} exit status", f"exit {step.expect_exit}", seen,
+                    exit_status == step.expect_exit)]
     for stream, wanted, text in (("stdout", step.expect_stdout, stdout),
                                  ("stderr", step.expect_stderr, stderr)):
         if wanted is not None:

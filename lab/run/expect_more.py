@@ -6,40 +6,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
 from lab.results.check import Check
+from lab.scenario.model import MapExpectation, OutputExpectation
 
-Scalar = str | int | bool
 # What the lab itself runs in the guest while probes are attached: its SSH sessions,
 # bpftool (waiting for a tool's programs), the loader and the guest helper.
 LAB_COMMS = frozenset({"sshd", "sshd-session", "sshd-auth", "bpftool", "lab-loader",
                        "fentry-lab-gues"})
-
-
-@dataclass(frozen=True)
-class MapExpectation:
-    probe: str
-    glob: str | None  # a global variable, or
-    map: str | None  # a map (with key)
-    key: Scalar | None
-    equals: Scalar | tuple[Scalar, ...] | None
-    min: int | None
-    max: int | None
-
-    @property
-    def label(self) -> str:
-        where = f"global {self.glob}" if self.glob else f"map {self.map}[{self.key}]"
-        return f"{self.probe} {where}"
-
-
-@dataclass(frozen=True)
-class OutputExpectation:
-    probe: str
-    contains: str | None
-    regex: str | None
-    count: int | None
-    min: int
 
 
 def field_value(event: Mapping[str, object], dotted: str) -> tuple[bool, object]:

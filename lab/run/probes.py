@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import re
 import tarfile
 import time
@@ -19,27 +20,81 @@ from pathlib import Path
 
 import paramiko
 
-from lab.errors import LabError
+from lab.errors import LabFailure, ProbeLoadError, ScenarioError
+from lab.run.guest import DISK_FULL, GUEST_ROOT, GUEST_SRC, guest_disk_full
 from lab.scenario.model import Probe
 from lab.ssh import Session
 
-GUEST_ROOT = "/opt/fentry-lab"
-GUEST_SRC = f"{GUEST_ROOT}/src"
+__all__ = ["GUEST_ROOT", "GUEST_SRC", "ProbeLoadError"]
 GUEST_BUILD = "/var/cache/fentry-lab/build"
 READY = re.compile(r"lab-loader: ready pid=(\d+)")
 LAB_DIR = Path(__file__).resolve().parents[1]
 SKIP_PARTS = {"build", "__pycache__", ".mypy_cache"}
+INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"', re.MULTILINE)
 
 
-def pack_sources(bpf_dir: Path) -> bytes:
-    """A deterministic tarball: bpf/ plus the guest helper, mtimes zeroed, sorted."""
-    members: list[tuple[str, Path]] = []
-    for path in sorted(bpf_dir.rglob("*")):
-        rel = path.relative_to(bpf_dir)
-        if path.is_file() and not SKIP_PARTS & set(rel.parts):
-            members.append((f"bpf/{rel}", path))
+def _safe_file(path: Path, project: Path) -> Path:
+    """path itself, or refused when it is a symlink that leads out of the project."""
+    real = path.resolve()
+    if not real.is_relative_to(project.resolve()):
+        raise ScenarioError(
+            f"Refusing to upload {path}: it is a symlink to {real}, outside the project "
+            f"({project}). Only files of the project go into the guest; replace the link "
+            "with a copy of the file.")
+    return real
+
+
+def _quoted_includes(path: Path) -> list[str]:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return []
+    return INCLUDE.findall(text)
+
+
+def needed_files(bpf_dir: Path, probes: Sequence[Probe]) -> list[Path]:
+    """What the probes need to build and load: the Makefile, the loader, each probe's
+    directory, and every header their sources include by a relative path (transitively)."""
+    wanted: list[Path] = []
+    if (bpf_dir / "Makefile").exists():
+        wanted.append(bpf_dir / "Makefile")
+    dirs = {bpf_dir / "loader"} if any(p.loader == "libbpf" for p in probes) else set()
+    dirs |= {(bpf_dir.parent / p.source).parent for p in probes}
+    for directory in sorted(dirs):
+        if directory.is_dir():
+            wanted += sorted(p for p in directory.iterdir()
+                             if (p.is_file() or p.is_symlink()) and p.name not in SKIP_PARTS)
+    seen = {p.absolute() for p in wanted}
+    queue = [p for p in wanted if p.suffix in (".c", ".h")]
+    while queue:
+        source = queue.pop()
+        for name in _quoted_includes(source):
+            header = Path(os.path.normpath(source.parent / name))
+            if (header.absolute() not in seen and header.is_file()
+                    and header.absolute().is_relative_to(bpf_dir.absolute())):
+                seen.add(header.absolute())
+                wanted.append(header)
+                queue.append(header)
+    return wanted
+
+
+def pack_sources(bpf_dirs: Path | Sequence[Path], probes: Sequence[Probe] = ()) -> bytes:
+    """A deterministic tarball of what the probes need plus the guest helper, mtimes zeroed.
+
+    Several directories (the user's, then the shipped one) merge into one bpf/; a file in
+    an earlier directory wins over the same path in a later one. Symlinks that lead out of
+    the project are refused (ScenarioError naming the file).
+    """
+    found: dict[str, Path] = {}
+    for bpf_dir in [bpf_dirs] if isinstance(bpf_dirs, Path) else bpf_dirs:
+        for path in needed_files(bpf_dir, probes):
+            name = f"bpf/{path.relative_to(bpf_dir)}"
+            if name not in found:
+                found[name] = _safe_file(path, bpf_dir.parent)
+    members = sorted(found.items())
     members.append(("guest/fentry_lab_guest.py", LAB_DIR / "guest" / "fentry_lab_guest.py"))
     members.append(("guest/elf.py", LAB_DIR / "elf.py"))
+    members.sort()
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
         for name, path in members:
@@ -81,7 +136,9 @@ def upload_sources(ssh: Session, tarball: bytes) -> None:
     result = ssh.run(f"rm -rf {GUEST_SRC} && mkdir -p {GUEST_SRC} && tar -x -C {GUEST_SRC}",
                      stdin=tarball, timeout=60)
     if result.exit_status != 0:
-        raise LabError(f"Could not unpack the probe sources in the guest: {result.err}", code=2)
+        if DISK_FULL in result.err:
+            raise guest_disk_full("Could not unpack the probe sources in the guest")
+        raise LabFailure(f"Could not unpack the probe sources in the guest: {result.err}")
 
 
 def restore_build(ssh: Session, build_dir: str, cache: Path) -> None:
@@ -165,10 +222,6 @@ class RunningLoader:
             ssh.run(["kill", "-KILL", str(self.pid)], timeout=10)
         self.pump()
         self.channel.close()
-
-
-class ProbeLoadError(Exception):
-    """The probe did not load or attach (verifier, missing function, bad program)."""
 
 
 def start_loader(ssh: Session, probes: tuple[Probe, ...], build_dir: str) -> RunningLoader:

@@ -27,8 +27,12 @@ class Accel:
 
     @property
     def slowdown(self) -> float:
-        """Timeouts are multiplied by this: TCG runs a guest several times slower."""
-        return 1.0 if self.name == "kvm" else 4.0
+        return slowdown(self.name)
+
+
+def slowdown(accel_name: str) -> float:
+    """Timeouts are multiplied by this: TCG runs a guest several times slower."""
+    return 1.0 if accel_name == "kvm" else 4.0
 
 
 def cpu_virt_flags(cpuinfo: str) -> set[str]:

@@ -1,33 +1,22 @@
-"""Tests of tasks.py: task bodies called with an invoke context, and the real CLI."""
+"""Tests of the tasks (lab/cli): task bodies called with an invoke context, and the real CLI."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 from invoke.context import Context, MockContext
 from invoke.exceptions import Exit
 
+from lab.cli import common, image, labs, scenario
+from lab.errors import LabError
 from lab.vm.accel import cpu_virt_flags
 from tests.helpers import INVOKE, REPO
-
-
-def load_tasks() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("fentry_lab_tasks", REPO / "tasks.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-tasks = load_tasks()
 
 
 def host_has_virt_flags() -> bool:
@@ -62,7 +51,7 @@ def bad_scenario(tmp_path: Path) -> Path:
 def test_settings_from_reads_the_lab_section(tmp_path: Path) -> None:
     c = Context()
     c.config.update({"lab": {"cpus": 3, "name": "from-config"}})
-    settings = tasks.settings_from(c, cpus=4, name=None)
+    settings = common.settings_from(c, cpus=4, name=None)
     assert settings.cpus == 4
     assert settings.name == "from-config"
     assert settings.home == tmp_path / "lab-home"
@@ -71,7 +60,7 @@ def test_settings_from_reads_the_lab_section(tmp_path: Path) -> None:
 def test_scenario_validate_bad_file_exits_1(tmp_path: Path) -> None:
     path = bad_scenario(tmp_path)
     with pytest.raises(Exit) as info:
-        tasks.scenario_validate(MockContext(), str(path))
+        scenario.validate(MockContext(), str(path))
     assert info.value.code == 1
     assert info.value.message == (
         "fentry-lab: error: bad.yaml:3: name: name 'acl-basic' must equal the file name "
@@ -86,7 +75,7 @@ def test_scenario_validate_schema_error(tmp_path: Path) -> None:
     path.write_text(text)
     line = next(i for i, s in enumerate(text.splitlines(), 1) if "expect_exit: zero" in s)
     with pytest.raises(Exit) as info:
-        tasks.scenario_validate(MockContext(), str(path))
+        scenario.validate(MockContext(), str(path))
     assert info.value.code == 1
     message = str(info.value.message)
     assert message.startswith(f"fentry-lab: error: typo.yaml:{line}: steps[0].expect_exit: ")
@@ -96,62 +85,59 @@ def test_scenario_validate_good_file(tmp_path: Path,
                                      capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "acl-basic.yaml"
     shutil.copy(REPO / "scenarios" / "acl-basic.yaml", path)
-    tasks.scenario_validate(MockContext(), str(path))
+    scenario.validate(MockContext(), str(path))
     assert capsys.readouterr().out == f"{path}: valid\n"
 
 
 def test_scenario_validate_by_name(capsys: pytest.CaptureFixture[str]) -> None:
-    tasks.scenario_validate(MockContext(), "acl-basic")
+    scenario.validate(MockContext(), "acl-basic")
     assert capsys.readouterr().out == f"{REPO / 'scenarios' / 'acl-basic.yaml'}: valid\n"
 
 
 def test_scenario_validate_unknown_name() -> None:
     with pytest.raises(Exit) as info:
-        tasks.scenario_validate(MockContext(), "no-such-scenario")
+        scenario.validate(MockContext(), "no-such-scenario")
     assert info.value.code == 1
     assert "unknown scenario 'no-such-scenario'" in str(info.value.message)
     assert "acl-basic" in str(info.value.message)
 
 
-def test_scenario_dispatch_unknown_action() -> None:
+def test_word_form_needs_a_name() -> None:
     with pytest.raises(Exit) as info:
-        tasks.scenario_dispatch(MockContext(), "bogus", "acl-basic")
-    assert info.value.code == 1
-    message = str(info.value.message)
-    assert "unknown scenario action 'bogus'" in message
-    for action in ("run", "list", "validate", "show"):
-        assert action in message
-
-
-def test_scenario_dispatch_needs_a_name() -> None:
-    with pytest.raises(Exit) as info:
-        tasks.scenario_dispatch(MockContext(), "validate")
+        scenario.run(MockContext(), "validate", "")
     assert info.value.code == 1
     assert "needs a scenario name" in str(info.value.message)
 
 
-def test_scenario_dispatch_validate(tmp_path: Path) -> None:
+def test_word_form_validate(tmp_path: Path) -> None:
     with pytest.raises(Exit) as info:
-        tasks.scenario_dispatch(MockContext(), "validate", str(bad_scenario(tmp_path)))
+        scenario.run(MockContext(), "validate", str(bad_scenario(tmp_path)))
     assert info.value.code == 1
     assert "bad.yaml:3: name:" in str(info.value.message)
 
 
-def test_scenario_dispatch_list(capsys: pytest.CaptureFixture[str]) -> None:
-    tasks.scenario_dispatch(MockContext(), "list")
+def test_word_form_refuses_run_flags_on_other_verbs() -> None:
+    with pytest.raises(Exit) as info:
+        scenario.run(MockContext(), "validate", "acl-basic", name="x")
+    assert info.value.code == 1
+    assert "takes no --name" in str(info.value.message)
+
+
+def test_word_form_list(capsys: pytest.CaptureFixture[str]) -> None:
+    scenario.run(MockContext(), "list")
     out = capsys.readouterr().out
     assert out.splitlines()[0].split() == ["SCENARIO", "FUNCTIONS", "DESCRIPTION"]
     assert any(line.startswith("acl-basic ") for line in out.splitlines())
 
 
 def test_scenario_show(capsys: pytest.CaptureFixture[str]) -> None:
-    tasks.scenario_show(MockContext(), "acl-basic")
+    scenario.show(MockContext(), "acl-basic")
     assert capsys.readouterr().out == (REPO / "scenarios" / "acl-basic.yaml").read_text()
 
 
 def test_lab_error_becomes_exit_with_its_code() -> None:
-    with pytest.raises(Exit) as info, tasks.friendly_errors():
-        raise tasks.LabError("something went wrong", code=2)
+    with pytest.raises(Exit) as info, common.friendly_errors():
+        raise LabError("something went wrong", code=2)
     assert info.value.code == 2
     assert info.value.message == "fentry-lab: error: something went wrong"
 
@@ -159,18 +145,18 @@ def test_lab_error_becomes_exit_with_its_code() -> None:
 def test_bad_setting_is_an_exit_not_a_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FENTRY_LAB_CPUS", "many")
     with pytest.raises(Exit) as info:
-        tasks.scenario_list(MockContext())
+        scenario.list_(MockContext())
     assert info.value.code == 1
     assert "which is not a number" in str(info.value.message)
 
 
 def test_lab_status_without_labs(capsys: pytest.CaptureFixture[str]) -> None:
-    tasks.lab_status(MockContext())
+    labs.status(MockContext())
     assert capsys.readouterr().out == "no labs (start one with `invoke lab.up`)\n"
 
 
 def test_image_list_without_images(capsys: pytest.CaptureFixture[str]) -> None:
-    tasks.image_list(MockContext())
+    image.list_(MockContext())
     assert capsys.readouterr().out == (
         "no cached images (build one with `invoke image.build`)\n")
 
@@ -221,11 +207,11 @@ def test_cli_validate_bad_file(tmp_path: Path) -> None:
     assert "bad.yaml:3: name: name 'acl-basic' must equal" in proc.stderr
 
 
-def test_cli_unknown_action() -> None:
+def test_cli_unknown_word_is_a_parse_error_not_a_traceback() -> None:
     proc = invoke_cli("scenario", "bogus", "acl-basic")
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr
-    assert "unknown scenario action 'bogus'" in proc.stderr
+    assert "No idea what 'acl-basic' is!" in proc.stderr
 
 
 def qemu_processes_under(path: Path) -> list[int]:

@@ -20,19 +20,20 @@ import pytest
 
 from lab.config import Settings, from_environment, load_settings
 from lab.errors import LabError
+from lab.host import processes_of
 from lab.image.build import Image
-from lab.vm.vagrant.backend import (
-    kernel_cmdline,
-    parse_ssh_config,
-    settings_environment,
-    vagrantfile_config,
-)
+from lab.vm.vagrant.backend import parse_ssh_config
 from lab.vm.vagrant.box import BOX_VAGRANTFILE, Box, box_catalog, box_metadata, box_name, write_box
 from lab.vm.vagrant.libvirt import (
     domain_files,
     network_xml,
     parse_vol_list,
+)
+from lab.vm.vagrant.vagrantfile import (
+    kernel_cmdline,
+    settings_environment,
     settings_for_vagrantfile,
+    vagrantfile_config,
 )
 from tests.helpers import INVOKE, REPO
 
@@ -223,15 +224,15 @@ def test_vagrantfile_config_without_an_image_names_the_fix(tmp_path: Path) -> No
 
 
 def test_vagrantfile_reads_the_config_through_the_projects_python(tmp_path: Path) -> None:
-    """What the Vagrantfile runs: `python -m lab.vm.vagrant.libvirt config` prints its JSON."""
+    """What the Vagrantfile runs: `python -m lab.vm.vagrant.vagrantfile config` prints its JSON."""
     env = {**os.environ, "FENTRY_LAB_HOME": str(tmp_path), "FENTRY_LAB_NAME": "x3",
            "FENTRY_LAB_MEMORY": "1536"}
-    proc = subprocess.run([sys.executable, "-m", "lab.vm.vagrant.libvirt", "config"], cwd=REPO,
+    proc = subprocess.run([sys.executable, "-m", "lab.vm.vagrant.vagrantfile", "config"], cwd=REPO,
                           env=env, capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr
     config = json.loads(proc.stdout)
     assert (config["name"], config["memory"]) == ("x3", 1536)
-    usage = subprocess.run([sys.executable, "-m", "lab.vm.vagrant.libvirt", "bogus"], cwd=REPO,
+    usage = subprocess.run([sys.executable, "-m", "lab.vm.vagrant.vagrantfile", "bogus"], cwd=REPO,
                            capture_output=True, text=True, check=False)
     assert usage.returncode == 64 and "usage:" in usage.stderr
 
@@ -250,16 +251,7 @@ def test_vagrantfile_settings_come_from_invoke_yaml_then_the_environment(
 
 
 def lab_processes(domain: str) -> list[int]:
-    marker = f"guest={domain},".encode()
-    found = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                if marker in (proc / "cmdline").read_bytes():
-                    found.append(int(proc.name))
-            except OSError:
-                continue
-    return found
+    return processes_of(f"guest={domain},")
 
 
 def leftovers(domain: str) -> list[str]:

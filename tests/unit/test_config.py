@@ -9,12 +9,14 @@ import pytest
 
 from lab.config import (
     REPO_ROOT,
+    SHIPPED,
     Settings,
+    check_name,
     default_home,
     from_environment,
     load_settings,
 )
-from lab.errors import LabError
+from lab.errors import LabError, UsageError
 from tests.helpers import REPO
 
 # --------------------------------------------------------------------------- defaults
@@ -240,3 +242,79 @@ def test_invalid_backend() -> None:
     with pytest.raises(LabError) as info:
         load_settings(environ={"FENTRY_LAB_BACKEND": "docker"})
     assert str(info.value) == "Unknown backend 'docker': use qemu or vagrant."
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def test_results_default_to_the_current_directory(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    s = load_settings(environ={})
+    assert s.results == tmp_path / "results"
+    assert s.scenario_dirs == (tmp_path / "scenarios", SHIPPED / "scenarios")
+    assert s.bpf_dirs == (tmp_path / "bpf", SHIPPED / "bpf")
+
+
+def test_the_clone_is_the_shipped_root() -> None:
+    assert SHIPPED == REPO
+
+
+def test_search_paths_do_not_repeat_the_shipped_directory() -> None:
+    s = load_settings(environ={}, flags={"scenarios": str(REPO / "scenarios")})
+    assert s.scenario_dirs == (REPO / "scenarios",)
+
+
+@pytest.mark.parametrize("name", ["default", "ci-1", "a", "A.b_c-9", "x" * 63])
+def test_good_lab_names(name: str) -> None:
+    assert check_name(name) == name
+
+
+@pytest.mark.parametrize("name", ["", ".", "..", "../x", "a b/c", "x" * 64, "a,b", "-x",
+                                  ".hidden", "a/b", "é", "a\0b", "a\nb"])
+def test_bad_lab_names(name: str) -> None:
+    with pytest.raises(UsageError, match="is not allowed: use 1-63 letters"):
+        check_name(name)
+
+
+@pytest.mark.parametrize(("values", "message"), [
+    ({"FENTRY_LAB_CPUS": "0"}, "Setting 'cpus' is 0: use 1 to"),
+    ({"FENTRY_LAB_CPUS": "-1"}, "Setting 'cpus' is -1: use 1 to"),
+    ({"FENTRY_LAB_CPUS": "1000"}, "Setting 'cpus' is 1000: use 1 to"),
+    ({"FENTRY_LAB_MEMORY": "1"}, "Setting 'memory' is 1 MiB: use 256 to"),
+    ({"FENTRY_LAB_MEMORY": "99999999"}, "Setting 'memory' is 99999999 MiB"),
+    ({"FENTRY_LAB_BOOT_TIMEOUT": "-5"}, "Setting 'boot_timeout' is -5 s"),
+    ({"FENTRY_LAB_BOOT_TIMEOUT": "nan"}, "which is not a number"),
+    ({"FENTRY_LAB_BOOT_TIMEOUT": "1e400"}, "which is not a number"),
+    ({"FENTRY_LAB_HOME": ""}, "Setting 'home' is empty"),
+    ({"FENTRY_LAB_HOME": "  "}, "Setting 'home' is empty"),
+    ({"FENTRY_LAB_NAME": "../x"}, "The lab name '../x' is not allowed"),
+    ({"FENTRY_LAB_RELEASE": "buster"}, "Unknown release 'buster': use one of"),
+    ({"FENTRY_LAB_RELEASE": "../trixie"}, "Unknown release '../trixie'"),
+    ({"FENTRY_LAB_MIRROR": "ftp://x"}, "Setting 'mirror' is 'ftp://x'"),
+    ({"FENTRY_LAB_MIRROR": "http://a b"}, "Setting 'mirror'"),
+    ({"FENTRY_LAB_KERNEL_ARGS": "a\nb"}, "Setting 'kernel_args' has a NUL byte or a line"),
+])
+def test_bad_values_are_refused_with_the_setting_named(values: dict[str, str],
+                                                       message: str) -> None:
+    with pytest.raises(UsageError) as info:
+        load_settings(environ=values)
+    assert message in str(info.value)
+    assert info.value.code == 1
+
+
+def test_results_that_is_a_file_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    with pytest.raises(UsageError, match=r"Setting .results. is .*, which is a file"):
+        load_settings(environ={"FENTRY_LAB_RESULTS": str(tmp_path / "file")})
+
+
+def test_a_list_where_a_value_belongs_is_refused() -> None:
+    with pytest.raises(UsageError, match="Setting 'cpus' has the value \\[1, 2\\], which is"):
+        load_settings(invoke_config={"cpus": [1, 2]}, environ={})
+
+
+def test_whole_numbers_only_for_integer_settings() -> None:
+    with pytest.raises(UsageError, match="not a number"):
+        load_settings(invoke_config={"cpus": 1.5}, environ={})
+    assert load_settings(invoke_config={"cpus": 1.0}, environ={}).cpus == 1

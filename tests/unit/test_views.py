@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -9,11 +10,17 @@ from lab.config import Settings
 from lab.image.build import Image
 from lab.results.check import Check
 from lab.run.runner import Outcome
+from lab.ssh import SshTarget
 from lab.views import (
     images_table,
     lab_names,
     outcome_text,
+    scenario_rows,
+    scenarios_json,
     scenarios_table,
+    ssh_command,
+    ssh_config,
+    status_json,
     status_table,
     table,
 )
@@ -129,7 +136,7 @@ def test_lab_names(tmp_path: Path) -> None:
 def test_scenarios_table_shows_valid_and_invalid(tmp_path: Path) -> None:
     shutil.copy(REPO / "scenarios" / "acl-basic.yaml", tmp_path / "acl-basic.yaml")
     (tmp_path / "broken.yaml").write_text("name: broken\n")
-    lines = scenarios_table(tmp_path).splitlines()
+    lines = scenarios_table(scenario_rows([tmp_path])).splitlines()
     assert lines[0].split() == ["SCENARIO", "FUNCTIONS", "DESCRIPTION"]
     assert lines[1].startswith("acl-basic")
     assert "do_set_acl" in lines[1]
@@ -138,7 +145,40 @@ def test_scenarios_table_shows_valid_and_invalid(tmp_path: Path) -> None:
 
 
 def test_scenarios_table_of_an_empty_directory(tmp_path: Path) -> None:
-    assert scenarios_table(tmp_path) == "SCENARIO  FUNCTIONS  DESCRIPTION"
+    assert scenario_rows([tmp_path]) == []
+    assert scenarios_table([]) == "no scenarios (put NAME.yaml files in ./scenarios)"
+
+
+def test_the_first_directory_wins_a_name(tmp_path: Path) -> None:
+    mine, shipped = tmp_path / "mine", tmp_path / "shipped"
+    mine.mkdir()
+    shipped.mkdir()
+    (mine / "acl-basic.yaml").write_text("name: acl-basic\n")  # invalid: it is mine
+    shutil.copy(REPO / "scenarios" / "acl-basic.yaml", shipped / "acl-basic.yaml")
+    shutil.copy(REPO / "scenarios" / "acl-remove.yaml", shipped / "acl-remove.yaml")
+    rows = scenario_rows([mine, shipped])
+    assert [(r["name"], r["valid"]) for r in rows] == [("acl-basic", False),
+                                                       ("acl-remove", True)]
+    assert json.loads(scenarios_json(rows))[0]["path"] == str(mine / "acl-basic.yaml")
+
+
+def test_ssh_command_and_config_pin_the_host_key(tmp_path: Path) -> None:
+    target = SshTarget("127.0.0.1", 2222, "root", tmp_path / "id key", "ssh-ed25519", "AAAA")
+    known = tmp_path / "known_hosts"
+    command = ssh_command(target, known)
+    assert f"UserKnownHostsFile={known}" in command
+    assert "StrictHostKeyChecking=yes" in command
+    assert f"'{tmp_path / 'id key'}'" in command  # quoted for copy-paste
+    block = ssh_config("two", target, known)
+    assert block.splitlines()[0] == "Host fentry-lab-two"
+    assert "    StrictHostKeyChecking yes" in block.splitlines()
+    assert f'    IdentityFile "{tmp_path / "id key"}"' in block.splitlines()
+    assert "    Port 2222" in block.splitlines()
+
+
+def test_status_json() -> None:
+    status = LabStatus("a", "qemu", "up", "trixie", "6.12", "tcg", 10, 2222, 5.0)
+    assert json.loads(status_json([status]))[0]["ssh_port"] == 2222
 
 
 # --------------------------------------------------------------------------- outcome

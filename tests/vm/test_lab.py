@@ -20,8 +20,8 @@ import pytest
 
 from lab.config import load_settings
 from lab.errors import LabError
+from lab.host import processes_of as qemu_pids
 from lab.ssh import Session
-from lab.vm.qemu import processes_of as qemu_pids
 from tests.helpers import INVOKE, REPO
 
 pytestmark = pytest.mark.vm
@@ -69,7 +69,7 @@ def destroy_and_check(cli: Cli) -> None:
 
 @pytest.fixture(scope="module")
 def cli(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cli]:
-    tool = Cli(f"pytest-{os.getpid()}", tmp_path_factory.mktemp("results"))
+    tool = Cli(f"vm-pytest-{os.getpid()}", tmp_path_factory.mktemp("results"))
     try:
         yield tool
     finally:
@@ -78,7 +78,7 @@ def cli(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cli]:
 
 @pytest.fixture()
 def other_lab(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Cli]:
-    tool = Cli(f"pytest-{os.getpid()}-{request.node.name[:20]}", tmp_path / "results")
+    tool = Cli(f"vm-pytest-{os.getpid()}-{request.node.name[5:25]}", tmp_path / "results")
     try:
         yield tool
     finally:
@@ -351,7 +351,112 @@ def test_taken_port_is_replaced(other_lab: Cli, monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr(qemu, "free_port", lambda: next(ports, None) or real_free_port())
     backend = qemu.QemuBackend(load_settings(flags={"name": other_lab.name}))
     try:
-        target = backend.up()
+        target = backend.up().target
         assert target.port != taken
     finally:
         holder.close()
+
+
+# --------------------------------------------------------------------------- hard edges
+# One more lab, shared by the cases below that break it on purpose (in file order; each
+# also works alone). Its teardown destroys it and checks that no qemu is left.
+
+
+@pytest.fixture(scope="module")
+def fragile(cli: Cli, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cli]:
+    cli("lab.down", timeout=120)  # one VM at a time on this shared machine
+    tool = Cli(f"vm-fragile-{os.getpid()}", tmp_path_factory.mktemp("fragile"))
+    try:
+        yield tool
+    finally:
+        destroy_and_check(tool)
+
+
+def status_of(cli: Cli) -> tuple[str, str]:
+    """(state column, whole output) of `lab.status --name`."""
+    out = cli("lab.status", "--name", cli.name)
+    assert out.returncode == 0, out.stderr
+    row = out.stdout.splitlines()[1]
+    return row.split(None, 8)[-1].strip(), out.stdout
+
+
+def test_two_concurrent_ups_boot_once(fragile: Cli) -> None:
+    assert fragile("lab.destroy", timeout=120).returncode == 0
+    procs = [subprocess.Popen([INVOKE, "lab.up"], cwd=REPO, env=fragile.env, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+             for _ in range(2)]
+    outputs = [proc.communicate(timeout=600) for proc in procs]
+    errs = [err for _, err in outputs]
+    assert [proc.returncode for proc in procs] == [0, 0], errs
+    assert all("Traceback" not in err for err in errs)
+    assert sum("is up in" in err for err in errs) == 1, errs  # booted once ...
+    assert sum("already up" in err for err in errs) == 1, errs  # ... the other one waited
+    assert any("waiting for it to finish" in err for err in errs), errs
+    assert len(qemu_pids(str(fragile.lab_dir))) == 1
+
+
+def test_guest_cannot_reach_host_loopback(fragile: Cli) -> None:
+    import socket
+
+    assert fragile("lab.up").returncode == 0
+    with socket.socket() as service:  # a service on the host's 127.0.0.1
+        service.bind(("127.0.0.1", 0))
+        service.listen()
+        service.settimeout(0.5)
+        port = service.getsockname()[1]
+        probe = ("import socket,sys\n"
+                 "try:\n"
+                 f"    socket.create_connection(('10.0.2.2', {port}), timeout=5)\n"
+                 "except OSError as e:\n"
+                 "    sys.exit(f'blocked: {e}')\n"
+                 "print('reached')\n")
+        run = fragile("lab.ssh", "-c", f"python3 -c \"{probe}\"")
+        assert "reached" not in run.stdout and "blocked" in run.stderr, run
+        with pytest.raises(TimeoutError):
+            service.accept()
+    assert fragile("lab.ssh", "-c", "true").returncode == 0  # the forward to sshd works
+
+
+def test_panic_keeps_the_serial_log(fragile: Cli) -> None:
+    assert fragile("lab.up").returncode == 0
+    crash = fragile("lab.ssh", "-c", "echo c > /proc/sysrq-trigger", timeout=300)
+    assert crash.returncode == 2, crash.stderr  # the lab failed, one message
+    deadline = time.monotonic() + 60
+    while qemu_pids(str(fragile.lab_dir)) and time.monotonic() < deadline:
+        time.sleep(0.2)  # panic=-1 and -no-reboot: qemu exits
+    assert status_of(fragile)[0] == "dead"
+    up = fragile("lab.up", timeout=600)
+    assert up.returncode == 0 and "died" in up.stderr, up.stderr
+    kept = (fragile.lab_dir / "serial.log.1").read_text(errors="replace")
+    assert "Kernel panic" in kept and "sysrq" in kept.lower()
+
+    from lab.vm.boot import explain_failure
+
+    assert explain_failure(fragile.lab_dir / "serial.log.1").startswith(
+        "The guest kernel failed: Kernel panic")
+
+
+def test_stopped_sshd_is_unresponsive(fragile: Cli) -> None:
+    assert fragile("lab.up").returncode == 0
+    fragile("lab.ssh", "-c", "systemctl stop ssh.socket 2>/dev/null; systemctl stop ssh")
+    state, out = status_of(fragile)
+    assert state == "unresponsive", out
+    assert f"invoke lab.destroy --name {fragile.name} && invoke lab.up" in out
+    up = fragile("lab.up")
+    assert up.returncode == 2 and "is not usable" in up.stderr, up.stderr
+    run = fragile("lab.ssh", "-c", "true")
+    assert run.returncode == 2 and "Could not connect by SSH" in run.stderr, run.stderr
+
+
+def test_corrupt_state_is_reported_and_its_qemu_stopped(fragile: Cli) -> None:
+    if not qemu_pids(str(fragile.lab_dir)):
+        assert fragile("lab.up").returncode == 0
+    (fragile.lab_dir / "state.json").write_text("{garbage")
+    state, out = status_of(fragile)
+    assert state == "corrupt" and "lab.destroy" in out, out
+    everyone = fragile("lab.status")  # all labs: still a table
+    assert everyone.returncode == 0 and fragile.name in everyone.stdout
+    up = fragile("lab.up")
+    assert up.returncode == 2 and "unreadable" in up.stderr, up.stderr
+    assert fragile("lab.destroy", timeout=120).returncode == 0
+    assert not qemu_pids(str(fragile.lab_dir))  # found by its directory, stopped

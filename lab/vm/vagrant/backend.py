@@ -19,9 +19,7 @@ from __future__ import annotations
 import base64
 import collections
 import contextlib
-import dataclasses
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -34,49 +32,51 @@ from typing import cast
 
 from lab import console
 from lab.config import REPO_ROOT, Settings
-from lab.elf import build_id_from_notes
-from lab.errors import LabError
+from lab.errors import LabError, LabFailure
 from lab.image.build import Image, find_image
 from lab.image.keys import ensure_keys
 from lab.ssh import Session, SshTarget
+from lab.vm import health
 from lab.vm.accel import Accel, choose_accel
-from lab.vm.base import LabState, LabStatus, accel_and_image, lab_lock, serial_tail
-from lab.vm.qemu import BOOT_TIMEOUT_S, FATAL
+from lab.vm.base import (
+    LabState,
+    LabStatus,
+    RunningLab,
+    accel_and_image,
+    lab_lock,
+)
+from lab.vm.boot import FATAL, check_build_id, serial_tail
 from lab.vm.vagrant.box import (
     Box,
     add_box,
     box_name,
     clean_vagrant_line,
-    ensure_boot_volumes,
-    list_boxes,
-    remove_volumes,
-    stale_boxes,
     vagrant_env,
 )
 from lab.vm.vagrant.libvirt import (
-    DEFAULT_POOL_PATH,
-    DOMAIN_PREFIX,
     LIBVIRTD_SOCKET,
-    NETWORK,
-    NETWORK_ADDRESS,
     check_tools,
     domain_state,
     ensure_daemons,
-    ensure_kvm_device_access,
-    ensure_network,
-    pool_path,
     qemu_pid,
-    remove_network,
     socket_answers,
     virsh_ok,
+)
+from lab.vm.vagrant.vagrantfile import (
+    boot_timeout,
+    cleanup_after_destroy,
+    domain_name,
+    lab_directory,
+    lab_names,
+    libvirt_driver,
+    prepare_for_up,
+    require_dhcp_client,
+    settings_environment,
 )
 
 VAGRANT = "vagrant"
 # Box upload into the pool (first up of a box) and domain creation, on top of the boot.
 VAGRANT_UP_EXTRA_S = 300.0
-# Root on the virtio disk libvirt gives: the cloud kernel needs its initrd for virtio_blk.
-ROOT_DEVICE = "/dev/vda"
-DHCP_PACKAGE = "udhcpc"
 
 
 # -- `vagrant ssh-config` ----------------------------------------------------------------
@@ -92,179 +92,25 @@ class SshConfig:
 
 def parse_ssh_config(text: str) -> SshConfig:
     """The first Host block of `vagrant ssh-config` (OpenSSH client config syntax)."""
-    values: dict[str, str] = {}
-    identities: list[str] = []
-    blocks = 0
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        key, _, value = line.partition(" ")
-        if "=" in key:  # `Key=value` is valid ssh_config syntax too
-            key, _, rest = key.partition("=")
-            value = f"{rest} {value}".strip()
-        key, value = key.lower(), value.strip().lstrip("=").strip()
-        if len(value) >= 2 and value[0] == value[-1] == '"':
-            value = value[1:-1]
-        if key == "host":
-            blocks += 1
-            if blocks > 1:
-                break
-            continue
-        if key == "identityfile":
-            identities.append(value)
-        else:
-            values.setdefault(key, value)
-    missing = [k for k in ("hostname", "user") if not values.get(k)]
-    if missing or not identities:
-        raise LabError("`vagrant ssh-config` gave no " + ", ".join(missing + (
-            [] if identities else ["identityfile"])) + f"; it said:\n{text.strip()[:800]}")
+    import paramiko
+
+    hosts = [line.split(None, 1)[1].strip() for line in text.splitlines()
+             if line.strip().lower().startswith("host ") and len(line.split(None, 1)) == 2]
+    config = paramiko.SSHConfig.from_text(text).lookup(hosts[0] if hosts else "default")
+    # lookup() falls back to the looked-up name itself when HostName is missing.
+    given = any(line.strip().lower().startswith("hostname") for line in text.splitlines())
+    identities = tuple(config.get("identityfile", []))
+    missing = [k for k, ok in (("hostname", given), ("user", "user" in config),
+                               ("identityfile", bool(identities))) if not ok]
+    if missing:
+        raise LabFailure("`vagrant ssh-config` gave no " + ", ".join(missing) +
+                         f"; it said:\n{text.strip()[:800]}")
     try:
-        port = int(values.get("port", "22"))
+        port = int(config.get("port", "22"))
     except ValueError:
-        raise LabError(f"`vagrant ssh-config` gave a port that is not a number: "
-                       f"{values.get('port')!r}.") from None
-    return SshConfig(values["hostname"], port, values["user"], tuple(identities))
-
-
-# -- what the Vagrantfile needs ----------------------------------------------------------
-
-
-def domain_name(name: str) -> str:
-    return f"{DOMAIN_PREFIX}{name}"
-
-
-def lab_directory(settings: Settings) -> Path:
-    return settings.home / "vagrant" / "labs" / settings.name
-
-
-def lab_names(settings: Settings) -> list[str]:
-    """Labs the Vagrant backend has state for (for `lab.status --backend vagrant`)."""
-    root = settings.home / "vagrant" / "labs"
-    if not root.is_dir():
-        return []
-    return sorted(d.name for d in root.iterdir() if (d / "state.json").is_file())
-
-
-def kernel_cmdline(extra: str = "") -> str:
-    # No panic=: a panicking guest halts (libvirt would restart a rebooting one in a loop);
-    # the backend sees the panic on the serial log. fentry_lab.net=dhcp: see fentry-lab-net.
-    return (f"root={ROOT_DEVICE} rw console=ttyS0 quiet lsm=lockdown,yama "
-            f"systemd.show_status=false net.ifnames=0 fentry_lab.net=dhcp {extra}").strip()
-
-
-def libvirt_driver(accel: Accel) -> str:
-    return "kvm" if accel.name == "kvm" else "qemu"
-
-
-def boot_timeout(settings: Settings, accel: Accel) -> float:
-    # Vagrant's own wait also covers the DHCP lease and its SSH handshake.
-    return settings.boot_timeout or BOOT_TIMEOUT_S * accel.slowdown
-
-
-def vagrantfile_config(settings: Settings) -> dict[str, object]:
-    """Everything the Vagrantfile reads, from the lab's settings. Never raises for a missing
-    image or box (`vagrant status` and `vagrant destroy` must still work): `problem` says
-    what `vagrant up` would stop on."""
-    problem = ""
-    try:
-        accel = choose_accel(settings.accel)
-    except LabError as exc:
-        problem, accel = str(exc), Accel("tcg", "unusable KVM was asked for")
-    keys = ensure_keys(settings.keys_dir)
-    box, image_dir = "", ""
-    try:
-        image = find_image(settings)
-    except LabError as exc:
-        image, problem = None, problem or str(exc)
-    if image is None:
-        problem = problem or (f"No {settings.release} image is built yet: run "
-                              "`invoke image.box` (it builds the image first).")
-    else:
-        box, image_dir = box_name(image), str(image.directory)
-    pool = (pool_path() if socket_answers(LIBVIRTD_SOCKET) else None) or DEFAULT_POOL_PATH
-    boxed = Box(box) if box else None
-    return {
-        "name": settings.name,
-        "domain_prefix": DOMAIN_PREFIX,
-        "domain": domain_name(settings.name),
-        "release": settings.release,
-        "image": image_dir,
-        "box": box,
-        "box_added": bool(boxed and boxed.added),
-        "kernel": str(pool / boxed.kernel_volume) if boxed else "",
-        "initrd": str(pool / boxed.initrd_volume) if boxed else "",
-        "cmd_line": kernel_cmdline(settings.kernel_args),
-        "cpus": settings.cpus,
-        "memory": settings.memory,
-        "accel": accel.name,
-        "accel_reason": accel.reason,
-        "driver": libvirt_driver(accel),
-        # TCG: every feature QEMU can emulate (as -cpu max); KVM: the host's CPU (-cpu host).
-        "cpu_mode": "host-passthrough" if accel.name == "kvm" else "maximum",
-        "boot_timeout": int(boot_timeout(settings, accel)),
-        "serial_log": str(lab_directory(settings) / "serial.log"),
-        "private_key": str(keys.client_private),
-        "network": NETWORK,
-        "network_address": NETWORK_ADDRESS,
-        "problem": problem,
-    }
-
-
-def _require_dhcp_client(image: Image) -> None:
-    packages = image.manifest.get("packages")
-    if not isinstance(packages, dict) or DHCP_PACKAGE not in packages:
-        raise LabError(f"The {image.release} image has no DHCP client ({DHCP_PACKAGE}), which "
-                       "the Vagrant backend needs on libvirt's network: add it to "
-                       f"images/{image.release}.yaml and run `invoke image.box`, or use "
-                       "--backend qemu.")
-
-
-def prepare_for_up(settings: Settings, expected_kernel: str | None = None) -> Box:
-    """Before `vagrant up` (the Vagrantfile's trigger, and the backend): host checks, the
-    daemons, the current box, its kernel and initrd in libvirt's pool, the log directory."""
-    check_tools()
-    ensure_kvm_device_access()
-    ensure_daemons()
-    image = find_image(settings)
-    if image is None:
-        raise LabError(f"No {settings.release} image is built yet: run `invoke image.box` "
-                       "(it builds the image, then the box).")
-    _require_dhcp_client(image)
-    box = Box(box_name(image))
-    if not box.added:
-        older = ", ".join(b.name for b in stale_boxes(image))
-        hint = f" Vagrant only has boxes of older {image.release} images: {older}." \
-            if older else ""
-        raise LabError(f"The box for the current {image.release} image ({box.name}) is not "
-                       f"added.{hint} Run `invoke image.box --release {image.release}`.")
-    kernel, _ = ensure_boot_volumes(box, image)
-    ensure_network()
-    expected = expected_kernel or os.environ.get("FENTRY_LAB_VAGRANT_KERNEL")
-    if expected and Path(expected) != kernel:
-        raise LabError(f"libvirt's pool keeps the kernel at {kernel}, not at {expected} where "
-                       "the Vagrantfile looked before libvirtd was started: run the same "
-                       "command again.")
-    lab_directory(settings).mkdir(parents=True, exist_ok=True)
-    return box
-
-
-def cleanup_after_destroy(settings: Settings) -> None:
-    """After `vagrant destroy`: the box volumes, kernels and network no domain uses any
-    more, and the lab's own files. The box itself stays added (`invoke image.box` made it)."""
-    if socket_answers(LIBVIRTD_SOCKET):
-        for box in list_boxes():
-            kept = remove_volumes(box)
-            if kept:
-                console.say(f"kept volumes still used by other labs: {', '.join(kept)}")
-        remove_network(NETWORK)
-    directory = lab_directory(settings)
-    if directory.exists():
-        shutil.rmtree(directory)
-    # Vagrant keeps an empty folder per destroyed machine in the checkout's .vagrant.
-    machine = REPO_ROOT / ".vagrant" / "machines" / settings.name
-    if machine.is_dir() and not any(p.is_file() for p in machine.rglob("*")):
-        shutil.rmtree(machine)
+        raise LabFailure(f"`vagrant ssh-config` gave a port that is not a number: "
+                         f"{config.get('port')!r}.") from None
+    return SshConfig(config["hostname"], port, config["user"], identities)
 
 
 # -- the backend -------------------------------------------------------------------------
@@ -279,21 +125,13 @@ class VagrantState(LabState):
     box: str = ""
 
 
-def settings_environment(settings: Settings) -> dict[str, str]:
-    """The resolved settings as FENTRY_LAB_* variables: the Vagrantfile's helper reads them
-    over invoke.yaml, so task flags reach `vagrant` too."""
-    env = {}
-    for f in dataclasses.fields(settings):
-        env[f"FENTRY_LAB_{f.name.upper()}"] = str(getattr(settings, f.name))
-    return env
-
-
 class VagrantBackend:
     name = "vagrant"
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.directory = lab_directory(settings)
+        self.lab_dir = self.directory
         self.state_file = self.directory / "state.json"
         self.domain = domain_name(settings.name)
 
@@ -309,26 +147,36 @@ class VagrantBackend:
     def _running(self) -> bool:
         return socket_answers(LIBVIRTD_SOCKET) and domain_state(self.domain) == "running"
 
-    def _lock(self) -> contextlib.AbstractContextManager[None]:
-        return lab_lock(self.directory, self.settings.name)
+    def _lock(self, *, wait: bool = False) -> contextlib.AbstractContextManager[None]:
+        return lab_lock(self.directory, self.settings.name, wait=wait)
 
-    def status(self) -> LabStatus:
+    def names(self) -> list[str]:
+        return lab_names(self.settings)
+
+    def status(self, *, probe: bool = True) -> LabStatus:
         state = self._state()
         running = self._running()
+        label = "corrupt" if state.corrupt else state.label(running)
+        problem = state.corrupt_message(self.state_file) if state.corrupt else ""
+        if running and probe and state.host and not state.corrupt:
+            label, problem = health.probe(
+                self._target(SshConfig(state.host, state.ssh_port, state.user,
+                                       (state.key_file,))), self.settings.name)
         return LabStatus(
-            name=self.settings.name, backend=self.name, state=state.label(running),
+            name=self.settings.name, backend=self.name, state=label,
             release=state.release, kernel_release=state.kernel_release, accel=state.accel,
             pid=qemu_pid(self.domain) if running else 0,
             ssh_port=state.ssh_port if running else 0,
             uptime_s=time.time() - state.started_at if running and state.started_at else 0.0,
+            image=state.image if running else "",
+            problem=problem,
         )
 
     def ssh_target(self) -> SshTarget:
         state = self._state()
         if not self._running():
-            raise LabError(f"Lab {self.settings.name!r} is not running under Vagrant. Start it "
-                           f"with `invoke lab.up --backend vagrant --name {self.settings.name}`.",
-                           code=2)
+            raise LabFailure(f"Lab {self.settings.name!r} is not running under Vagrant. Start it "
+                           f"with `invoke lab.up --backend vagrant --name {self.settings.name}`.")
         if not state.host:  # brought up by a plain `vagrant up`: ask Vagrant once
             state = self._adopt(state)
         return self._target(SshConfig(state.host, state.ssh_port, state.user,
@@ -339,7 +187,8 @@ class VagrantBackend:
         config = parse_ssh_config(self._vagrant("ssh-config", timeout=120))
         state.host, state.ssh_port, state.user = config.host, config.port, config.user
         state.key_file = config.identity_files[0]
-        state.domain, state.pid = self.domain, qemu_pid(self.domain) or 1
+        state.domain, state.pid = self.domain, qemu_pid(self.domain)
+        state.wanted = True
         image = find_image(self.settings)
         if image is not None:
             state.release, state.image = image.release, str(image.directory)
@@ -369,8 +218,8 @@ class VagrantBackend:
                               stdin=subprocess.DEVNULL, timeout=timeout, check=False)
         if proc.returncode != 0:
             detail = (proc.stderr.strip() or proc.stdout.strip())[-2000:]
-            raise LabError(f"`vagrant {' '.join(args)}` failed (exit {proc.returncode}): "
-                           f"{detail}", code=2)
+            raise LabFailure(f"`vagrant {' '.join(args)}` failed (exit {proc.returncode}): "
+                           f"{detail}")
         return proc.stdout
 
     def _vagrant_streamed(self, args: Sequence[str], *, timeout: float,
@@ -420,8 +269,8 @@ class VagrantBackend:
         reader.join(5)
         if failure or proc.returncode != 0:
             said = "\n".join(f"    {line}" for line in tail if line.strip())
-            raise LabError(f"{failure or f'`vagrant {args[0]}` failed (exit {proc.returncode}).'}"
-                           f"\n  Vagrant said:\n{said}{self._tail()}", code=2)
+            raise LabFailure(f"{failure or f'`vagrant {args[0]}` failed (exit {proc.returncode}).'}"
+                           f"\n  Vagrant said:\n{said}{self._tail()}")
 
     def _serial_size(self) -> int:
         try:
@@ -447,27 +296,27 @@ class VagrantBackend:
 
     # -- up ----------------------------------------------------------------------------
 
-    def up(self) -> SshTarget:
+    def up(self) -> RunningLab:
         check_tools()
         ensure_daemons()
-        with self._lock():
+        with self._lock(wait=True):
             state = self._state()
             if state.host and self._running():
                 console.say(f"lab {self.settings.name!r} is already up under Vagrant "
                             f"(domain {self.domain}, ssh {state.user}@{state.host})")
-                return self.ssh_target()
-            if state.pid:
+                return RunningLab(self.ssh_target(), state.image, state.accel)
+            if state.wanted:
                 console.warn(f"lab {self.settings.name!r}: its domain {self.domain} stopped; "
                              "starting it again")
             accel, image = accel_and_image(self.settings, 'libvirt driver "qemu" (TCG)')
-            _require_dhcp_client(image)
+            require_dhcp_client(image)
             box = add_box(self.settings, image)
             if self._machine_known() and state.box and state.box != box.name:
                 console.say(f"the image changed since this lab was made ({state.box} -> "
                             f"{box.name}): recreating its VM")
                 self._vagrant("destroy", "-f", timeout=300)
             prepare_for_up(self.settings)
-            return self._boot(image, box, accel)
+            return RunningLab(self._boot(image, box, accel), str(image.directory), accel.name)
 
     def _boot(self, image: Image, box: Box, accel: Accel) -> SshTarget:
         started = time.time()
@@ -490,7 +339,7 @@ class VagrantBackend:
             raise
         state.host, state.ssh_port, state.user = config.host, config.port, config.user
         state.key_file = config.identity_files[0]
-        state.pid = qemu_pid(self.domain) or 1  # nonzero: "should be running"
+        state.pid, state.wanted = qemu_pid(self.domain), True
         state.ready_after_s = round(time.time() - started, 2)
         state.save(self.state_file)
         console.say(f"lab {self.settings.name!r} is up under Vagrant in "
@@ -504,14 +353,11 @@ class VagrantBackend:
             result = ssh.run("uname -r; base64 -w0 /sys/kernel/notes", timeout=30)
         lines = result.out.split()
         if result.exit_status != 0 or len(lines) < 2:
-            raise LabError(f"Could not read the guest's kernel build ID over SSH: {result.err}",
-                           code=2)
-        running = build_id_from_notes(base64.b64decode(lines[1]))
-        if running != image.build_id:
-            raise LabError(f"The guest runs kernel {lines[0]} with build ID {running}, but the "
-                           f"image's debug vmlinux has {image.build_id}: the disassembly would "
-                           "not match the running code. Run `invoke image.box` and "
-                           "`invoke lab.destroy --backend vagrant`, then up again.", code=2)
+            raise LabFailure(f"Could not read the guest's kernel build ID over SSH: "
+                             f"{result.err}")
+        check_build_id(lines[0], base64.b64decode(lines[1]), image.build_id,
+                       "Run `invoke image.box` and `invoke lab.destroy --backend vagrant`, "
+                       "then up again.")
 
     def _stop_after_failure(self) -> None:
         """A failed up leaves no qemu running (the domain stays defined for the logs)."""
@@ -534,9 +380,15 @@ class VagrantBackend:
                                  "forcing it off")
                     self._vagrant("halt", "--force", timeout=120)
                 console.say(f"lab {self.settings.name!r} is down")
-            if state.pid:
-                state.pid = 0
+            if state.wanted or state.pid:
+                state.pid, state.wanted = 0, False
                 state.save(self.state_file)
+
+    def reset(self) -> RunningLab:
+        raise LabError("lab.reset needs the qemu backend: the vagrant backend has no ready "
+                       "snapshots (vagrant-libvirt's `vagrant snapshot save/restore` would "
+                       "fit; not wired yet). Use `invoke lab.destroy --backend vagrant && "
+                       "invoke lab.up --backend vagrant`.")
 
     def destroy(self) -> None:
         check_tools()

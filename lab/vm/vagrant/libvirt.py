@@ -5,7 +5,7 @@ Where no init system runs libvirt's daemons (PID 1 is not systemd, as in contain
 this project's CI machines), they are started here by hand, `virtlogd -d` then `libvirtd -d`,
 and the lab says so. Everything else talks to libvirt with `virsh`, argv lists only.
 
-`python -m lab.vm.vagrant.libvirt config|prepare|cleanup` is what the top-level Vagrantfile runs,
+The top-level Vagrantfile runs `python -m lab.vm.vagrant.vagrantfile config|prepare|cleanup`,
 so that a plain `vagrant up` reads the same settings and checks the same things as
 `invoke lab.up --backend vagrant`.
 """
@@ -19,15 +19,12 @@ import json
 import os
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Sequence
 from pathlib import Path
 
 from lab import console
-from lab.config import Settings
 from lab.errors import LabError
 from lab.host import require_tools, run_checked, tool_path
 
@@ -366,46 +363,3 @@ def remove_network(name: str = NETWORK) -> None:
     virsh_ok("net-destroy", name)
     virsh_ok("net-undefine", name)
     console.say(f"removed libvirt network {name}")
-
-
-# -- the Vagrantfile's helper ------------------------------------------------------------
-
-
-def settings_for_vagrantfile(project: Path | None = None) -> Settings:
-    """Settings exactly as the tasks load them: invoke's config (system, user and the
-    project's invoke.yaml `lab:` section), then FENTRY_LAB_* variables (which the backend
-    sets from task flags)."""
-    from invoke.config import Config
-
-    from lab.config import REPO_ROOT, load_settings
-
-    config = Config(project_location=project or REPO_ROOT)
-    config.load_project()
-    config.load_shell_env()
-    section = config.get("lab") or {}
-    return load_settings(dict(section))
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    from lab.vm.vagrant.backend import cleanup_after_destroy, prepare_for_up, vagrantfile_config
-
-    args = list(sys.argv[1:] if argv is None else argv)
-    if len(args) != 1 or args[0] not in ("config", "prepare", "cleanup"):
-        print("usage: python -m lab.vm.vagrant.libvirt config|prepare|cleanup", file=sys.stderr)
-        return 64
-    try:
-        settings = settings_for_vagrantfile()
-        if args[0] == "config":
-            print(json.dumps(vagrantfile_config(settings), indent=2))
-        elif args[0] == "prepare":
-            prepare_for_up(settings)
-        else:
-            cleanup_after_destroy(settings)
-    except LabError as exc:
-        print(f"fentry-lab: error: {exc}", file=sys.stderr)
-        return exc.code or 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -24,6 +24,7 @@ from lab.image.build import (
     sha256_file,
     verify_image,
 )
+from lab.image.cache import image_directory, prune
 from lab.image.keys import ensure_keys
 from tests.helpers import REPO
 
@@ -55,8 +56,8 @@ def test_verify_passes_then_fails_on_one_tampered_byte(tmp_path: Path) -> None:
 
 
 def test_unknown_release_lists_the_known_ones(tmp_path: Path) -> None:
-    with pytest.raises(LabError, match=r"Unknown release 'sid'\. Known releases: .*trixie"):
-        load_recipe(scratch_settings(tmp_path), "sid")
+    with pytest.raises(LabError, match=r"Unknown release 'forky'\. Known releases: .*trixie"):
+        load_recipe(scratch_settings(tmp_path), "forky")
     with pytest.raises(LabError, match="Unknown release"):
         load_recipe(scratch_settings(tmp_path), "../etc/passwd")
 
@@ -75,16 +76,12 @@ def test_recipe_digest_follows_inputs_and_keys(tmp_path: Path) -> None:
 
 def test_prune_keeps_current_and_used_images(tmp_path: Path) -> None:
     settings = scratch_settings(tmp_path)
-    current = image_mod.image_directory(settings, load_recipe(settings, "trixie"),
-                                        ensure_keys(settings.keys_dir))
+    current = image_directory(settings, load_recipe(settings, "trixie"))
     used = settings.images_cache / "trixie-0123456789ab"
     old = settings.images_cache / "trixie-ba9876543210"
     for directory in (current, used, old):
         fake_image(directory)
-    lab = settings.labs_dir / "x"
-    lab.mkdir(parents=True)
-    (lab / "state.json").write_text(json.dumps({"name": "x", "image": str(used)}))
-    assert image_mod.prune_images(settings) == [old]
+    assert prune(settings, keep={str(used)}) == [old]
     assert current.exists() and used.exists() and not old.exists()
 
 
@@ -124,12 +121,13 @@ def test_missing_package_is_recognised_in_apt_output() -> None:
 
 def test_interrupted_build_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Ctrl-C in the middle of a build removes the temporary build and keeps no image."""
-    def interrupted(recipe: object, keys: object, tree: Path, out: Path, epoch: int) -> None:
+    def interrupted(recipe: object, keys: object, tree: Path, out: Path, epoch: int,
+                    kernel: str = "", *, expired: bool = False) -> None:
         tree.mkdir()
         (tree / "half-written").write_text("x")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(image_mod, "_mirror_release_date", lambda recipe: 1700000000)
+    monkeypatch.setattr(image_mod, "_mirror_release", lambda recipe: (1700000000, False))
     monkeypatch.setattr(image_mod, "_mmdebstrap", interrupted)
     settings = scratch_settings(tmp_path)
     with pytest.raises(KeyboardInterrupt):

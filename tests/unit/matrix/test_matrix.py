@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -18,34 +17,35 @@ from typing import Any, ClassVar
 
 import pytest
 
-from lab.config import Settings, load_settings
+from lab.config import Settings
 from lab.errors import LabError
 from lab.image.build import Image
-from lab.matrix.orchestrate import (
+from lab.matrix.__main__ import main
+from lab.matrix.disasm import (
+    bpftrace_kind,
+    entry_prefix,
+    parse_objdump,
+    signature_from_bpftrace,
+    tidy_asm,
+)
+from lab.matrix.markdown import render_markdown
+from lab.matrix.orchestrate import default_jobs, matrix_settings, parse_releases, run_matrix
+from lab.matrix.rows import Trampolines
+from lab.matrix.table import (
     LAB_ERROR,
     NOT_APPLICABLE,
     MatrixRun,
-    bpftrace_kind,
     build_matrix,
-    default_jobs,
-    entry_prefix,
-    main,
-    matrix_settings,
     merge_runs,
-    parse_objdump,
-    parse_releases,
-    preflight_problems,
-    render_markdown,
-    run_matrix,
-    signature_from_bpftrace,
-    tidy_asm,
+    read_matrix,
     trampoline_support,
 )
+from lab.run.guest import Facts
+from lab.run.preflight import preflight_problems
 from lab.run.runner import Outcome
-from lab.scenario.model import load_scenario
+from lab.scenario.load import load_scenario
 from lab.ssh import SshTarget
-from lab.vm.base import LabStatus
-from lab.vm.qemu import processes_of as qemu_pids
+from lab.vm.base import LabStatus, RunningLab
 from tests.helpers import REPO
 
 RECORDED = REPO / "tests" / "data" / "matrix" / "acl-portable"
@@ -147,7 +147,7 @@ def test_entry_bytes_static_and_live(matrix: dict[str, Any]) -> None:
 
 
 def test_markdown(matrix: dict[str, Any]) -> None:
-    text = render_markdown(matrix)
+    text = render_markdown(read_matrix(RECORDED))
     lines = text.splitlines()
     assert lines[0] == "# Kernel matrix: acl-portable"
     assert ("| bullseye | 5.10.0-32-cloud-amd64 | yes | yes (5.10 >= 5.5, "
@@ -179,12 +179,13 @@ def test_table_survives_missing_and_not_applicable_releases(tmp_path: Path) -> N
     record.update(status=NOT_APPLICABLE, reason="do_set_acl is absent in X", bundle=None)
     (run / "trixie" / "release.json").write_text(json.dumps(record))
     matrix = build_matrix(run)
+    table = read_matrix(run)
     bookworm, trixie = row(matrix, "bookworm"), row(matrix, "trixie")
     assert bookworm["status"] == LAB_ERROR and bookworm["kernel"] is None
     assert bookworm["functions"]["do_set_acl"]["note"] == "unknown: no facts recorded"
     assert trixie["functions"]["do_set_acl"]["live_attached"] is None
     assert trixie["functions"]["ext4_set_acl"]["note"] == "present"
-    text = render_markdown(matrix)
+    text = render_markdown(table)
     assert "| bookworm | - | ? | ? | ? | - | - | lab error: qemu exited |" in text
     assert "not applicable: do_set_acl is absent in X |" in text
     assert MatrixRun(run, matrix, text).exit_code == 2
@@ -223,7 +224,8 @@ def test_merge_runs_from_several_machines(tmp_path: Path, matrix: dict[str, Any]
     assert main(["merge", str(tmp_path / "m2"), *map(str, parts)]) == 0
     assert main(["merge", str(tmp_path / "m3"), str(tmp_path)]) == 1
     assert "Not a matrix run" in capsys.readouterr().err
-    assert main(["bogus"]) == 2
+    assert main(["bogus"]) == 1  # a usage error, not "the lab failed"
+    assert "usage: python -m lab.matrix merge" in capsys.readouterr().err
     other = json.loads((parts[1] / "run.json").read_text())
     (parts[1] / "run.json").write_text(json.dumps({**other, "scenario": "acl-basic"}))
     with pytest.raises(LabError, match="different scenarios: acl-basic, acl-portable"):
@@ -281,20 +283,23 @@ def test_entry_prefix_without_fentry_call() -> None:
 
 def test_trampoline_support_and_bpftrace_kind() -> None:
     config = {"CONFIG_DYNAMIC_FTRACE_WITH_DIRECT_CALLS": "y", "CONFIG_BPF_JIT": "y"}
-    assert trampoline_support([5, 10, 0], config)["supported"] is True
+    assert trampoline_support([5, 10, 0], config).supported is True
     old = trampoline_support([5, 4, 0], {**config, "CONFIG_BPF_JIT": "n"})
-    assert old == {"supported": False, "why": "kernel older than 5.5; no CONFIG_BPF_JIT"}
-    assert trampoline_support([6, 1], {})["why"] == (
+    assert old == Trampolines(False, "kernel older than 5.5; no CONFIG_BPF_JIT")
+    assert trampoline_support([6, 1], {}).why == (
         "no CONFIG_DYNAMIC_FTRACE_WITH_DIRECT_CALLS; no CONFIG_BPF_JIT")
     assert bpftrace_kind("bpftrace v0.11.3") == "kfunc"
     assert bpftrace_kind("bpftrace v0.23.2") == "fentry"
     assert bpftrace_kind("missing") is None and bpftrace_kind(None) is None
 
 
-def facts_for(release: str, version: list[int], present: dict[str, bool],
-              btf: bool = True) -> dict[str, Any]:
-    return {"kernel": {"release": release, "version": version, "btf": btf},
-            "traceable": dict(present), "in_kallsyms": dict(present)}
+def facts_for(release: str, version: list[int], present: dict[str, bool], btf: bool = True,
+              traceable: bool = True, debug_id: str = "aa") -> Facts:
+    return Facts.parse({
+        "kernel": {"release": release, "version": version, "btf": btf,
+                   "build_id_running": "aa", "build_id_debug_vmlinux": debug_id},
+        "traceable": {fn: ok and traceable for fn, ok in present.items()},
+        "in_kallsyms": dict(present)})
 
 
 def test_preflight_problems() -> None:
@@ -304,27 +309,32 @@ def test_preflight_problems() -> None:
                          {"do_set_acl": False, "ext4_set_acl": True})
     assert preflight_problems(portable.for_kernel((6, 1, 0)), bookworm) == []
     assert preflight_problems(basic.for_kernel((6, 1, 0)), bookworm) == [
-        "do_set_acl is absent in 6.1.0-50-cloud-amd64",
-        "kernel 6.1.0 is older than the 6.3 the scenario needs"]
+        "kernel 6.1.0-50-cloud-amd64 is older than the 6.3 this scenario needs",
+        "`do_set_acl` is absent in 6.1.0-50-cloud-amd64"]
     # An alternative whose function is missing gives the alternative's reason.
     bare = facts_for("5.10.0-32-cloud-amd64", [5, 10, 0], {"ext4_set_acl": False}, btf=False)
     assert preflight_problems(portable.for_kernel((5, 10, 0)), bare) == [
-        "ext4_set_acl is absent in 5.10.0-32-cloud-amd64: do_set_acl was added in 6.2; "
-        "setfacl reaches ext4_set_acl(struct inode *, ...)",
-        "5.10.0-32-cloud-amd64 has no BTF (/sys/kernel/btf/vmlinux)"]
-    hidden = facts_for("6.12.1", [6, 12, 1], {"do_set_acl": True})
-    hidden["traceable"]["do_set_acl"] = False
+        "kernel 5.10.0-32-cloud-amd64 has no BTF (/sys/kernel/btf/vmlinux), which fentry/fexit "
+        "need",
+        "`ext4_set_acl` is absent in 5.10.0-32-cloud-amd64: do_set_acl was added in 6.2; "
+        "setfacl reaches ext4_set_acl(struct inode *, ...)"]
+    hidden = facts_for("6.12.1", [6, 12, 1], {"do_set_acl": True}, traceable=False)
     assert preflight_problems(basic, hidden) == [
-        "do_set_acl exists but is not traceable in 6.12.1"]
+        "`do_set_acl` exists but is not traceable (not in available_filter_functions) in 6.12.1"]
+    # The matrix uses the runner's preflight: a debug vmlinux of another build is refused.
+    other = facts_for("6.12.1", [6, 12, 1], {"do_set_acl": True}, debug_id="bb")
+    assert preflight_problems(basic, other) == [
+        "the debug vmlinux's build ID bb differs from the running kernel's aa"]
 
 
 def test_parse_releases() -> None:
     images = REPO / "images"
-    assert parse_releases(None, images) == ["bullseye", "bookworm", "trixie"]
+    assert parse_releases(None, images) == ["bullseye", "bookworm", "trixie", "trixie-backports",
+                                            "sid"]
     assert parse_releases("trixie, bookworm,trixie", images) == ["trixie", "bookworm"]
     assert parse_releases(["bullseye"], images) == ["bullseye"]
-    with pytest.raises(LabError, match=r"Unknown release\(s\) sid: use a comma-separated"):
-        parse_releases("trixie,sid", images)
+    with pytest.raises(LabError, match=r"Unknown release\(s\) forky: use a comma-separated"):
+        parse_releases("trixie,forky", images)
     with pytest.raises(LabError, match=r"\(none given\)"):
         parse_releases(" , ", images)
 
@@ -354,11 +364,17 @@ class FakeBackend:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
 
-    def up(self) -> SshTarget:
+    lab_dir = Path("/nonexistent")
+
+    def names(self) -> list[str]:
+        return [self.settings.name]
+
+    def up(self) -> RunningLab:
         self.calls.append(("up", self.settings.name))
         if self.settings.release in self.broken:
             raise LabError("qemu exited with status 1 before the guest was ready.", code=2)
-        return SshTarget("127.0.0.1", 1, "root", Path("/nonexistent"), "ssh-ed25519", "AAAA")
+        target = SshTarget("127.0.0.1", 1, "root", Path("/nonexistent"), "ssh-ed25519", "AAAA")
+        return RunningLab(target, "", "tcg")
 
     def down(self) -> None:
         self.calls.append(("down", self.settings.name))
@@ -366,15 +382,18 @@ class FakeBackend:
     def destroy(self) -> None:
         self.calls.append(("destroy", self.settings.name))
 
-    def status(self) -> LabStatus:
+    def status(self, *, probe: bool = True) -> LabStatus:
         return LabStatus(self.settings.name, "fake", "up", self.settings.release, "", "tcg",
                          1, 1, 1.0)
 
     def ssh_target(self) -> SshTarget:
-        return self.up()
+        return self.up().target
 
     def serial_log(self) -> Path:
         return Path("/nonexistent")
+
+    def reset(self) -> RunningLab:
+        raise AssertionError("not used")
 
 
 KERNELS = {"bullseye": "5.10.0-32-cloud-amd64", "bookworm": "6.1.0-50-cloud-amd64",
@@ -402,14 +421,14 @@ def fake_lab(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[list[s
             pass
 
     def collect_facts(settings: Settings, scenario: Any, ssh: Any, image: Image,
-                      out: Path) -> dict[str, Any]:
+                      out: Path) -> Facts:
         recorded = RECORDED / settings.release / "facts"
         shutil.copytree(recorded, out)
         facts: dict[str, Any] = json.loads((recorded / "facts.json").read_text())
         if settings.release == "bookworm":  # as if the kernel had no ext4_set_acl
             facts["traceable"]["ext4_set_acl"] = facts["in_kallsyms"]["ext4_set_acl"] = False
             (out / "facts.json").write_text(json.dumps(facts))
-        return facts
+        return Facts.parse({**facts, "live_before": facts["live"]})
 
     def run_scenario(settings: Settings, scenario: Any, backend: Any) -> Outcome:
         ran.append(settings.release)
@@ -441,7 +460,7 @@ def test_run_matrix_orchestration(fake_lab: list[str], tmp_path: Path, jobs: int
     assert statuses["bullseye"] == (
         LAB_ERROR, "qemu exited with status 1 before the guest was ready.")
     assert statuses["bookworm"][0] == NOT_APPLICABLE
-    assert statuses["bookworm"][1].startswith("ext4_set_acl is absent in 6.1.0-50-cloud-amd64")
+    assert statuses["bookworm"][1].startswith("`ext4_set_acl` is absent in 6.1.0-50-cloud-amd64")
     assert statuses["trixie"] == ("passed", None)
     assert fake_lab == ["trixie"]  # the scenario ran only where it applies
     destroyed = sorted(name for call, name in FakeBackend.calls if call == "destroy")
@@ -463,16 +482,11 @@ def test_run_matrix_keep_and_bad_arguments(fake_lab: list[str], tmp_path: Path) 
     with pytest.raises(LabError, match="Bad lab name prefix 'default'"):
         run_matrix(settings, scenario, ["trixie"], prefix="default",
                    backend_factory=FakeBackend)
-    with pytest.raises(LabError, match="Unknown release 'sid'"):
-        run_matrix(settings, scenario, ["sid"], backend_factory=FakeBackend)
+    with pytest.raises(LabError, match="Unknown release 'forky'"):
+        run_matrix(settings, scenario, ["forky"], backend_factory=FakeBackend)
 
 
 # --------------------------------------------------------------------------- the CLI
-
-TASKS_HAVE_MATRIX = "def matrix_run(" in (REPO / "tasks.py").read_text()
-needs_matrix_tasks = pytest.mark.skipif(not TASKS_HAVE_MATRIX,
-                                        reason="tasks.py has no matrix collection yet")
-
 
 def invoke(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FENTRY_LAB_")}
@@ -481,75 +495,17 @@ def invoke(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
                           env=env, capture_output=True, text=True, timeout=120, check=False)
 
 
-@needs_matrix_tasks
 def test_cli_matrix_words_and_errors(tmp_path: Path) -> None:
-    proc = invoke("matrix", "run", "acl-portable", "--releases", "trixie,sid", home=tmp_path)
+    proc = invoke("matrix", "run", "acl-portable", "--releases", "trixie,forky", home=tmp_path)
     assert proc.returncode == 1
     assert proc.stderr.strip() == (
-        "fentry-lab: error: Unknown release(s) sid: use a comma-separated list of bookworm, "
-        "bullseye, trixie.")
+        "fentry-lab: error: Unknown release(s) forky: use a comma-separated list of bullseye, "
+        "bookworm, trixie, trixie-backports, sid.")
     proc = invoke("matrix", "walk", "acl-portable", home=tmp_path)
     assert proc.returncode == 1
-    assert "unknown matrix action 'walk': use run." in proc.stderr
+    assert "No idea what 'acl-portable' is!" in proc.stderr  # `walk` is not a verb
     proc = invoke("matrix.run", "no-such-scenario", home=tmp_path)
     assert proc.returncode == 1
     assert "unknown scenario 'no-such-scenario'" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert "matrix.run" in invoke("--list", home=tmp_path).stdout
-
-
-# --------------------------------------------------------------------------- real VMs
-
-
-
-
-@pytest.fixture
-def vm_settings(tmp_path: Path) -> Iterator[Settings]:
-    """The real cache (images), results in tmp_path; no lab of the test left running."""
-    settings = load_settings().with_overrides({"results": tmp_path / "results"})
-    yield settings
-    left = qemu_pids(str(settings.labs_dir / "mxtest-"))
-    for pid in left:
-        os.kill(pid, signal.SIGKILL)
-    assert not left, f"qemu of the matrix test left running: {left}"
-
-
-@pytest.mark.vm
-def test_vm_portable_on_bullseye_and_bookworm(vm_settings: Settings) -> None:
-    result = run_matrix(vm_settings, load_scenario(PORTABLE), ["bullseye", "bookworm"],
-                        jobs=1, prefix="mxtest")
-    matrix = result.matrix
-    assert result.exit_code == 0, result.markdown
-    bullseye, bookworm = matrix["releases"]
-    assert bullseye["kernel"].startswith("5.10.") and bookworm["kernel"].startswith("6.1.")
-    for r in (bullseye, bookworm):
-        assert r["status"] == "passed" and r["btf"] and r["trampolines"]["supported"]
-        assert r["bpftrace_probe"] == "kfunc" and r["ibt"] is False
-        do_set_acl, ext4 = r["functions"]["do_set_acl"], r["functions"]["ext4_set_acl"]
-        assert do_set_acl["exists"] is False
-        assert do_set_acl["note"].startswith(
-            f"not applicable: do_set_acl absent from {r['kernel']} (do_set_acl was added in 6.2")
-        assert ext4["static_entry"]["text"] in ("callq __fentry__", "call __fentry__")
-        assert ext4["live_attached"]["text"].startswith("call bpf_trampoline_")
-        assert ext4["live_detached"]["bytes"] in ("66 66 66 66 90", "0f 1f 44 00 00")
-    assert bullseye["functions"]["ext4_set_acl"]["signature"] == (
-        "int ext4_set_acl(struct inode *inode, struct posix_acl *acl, int type)")
-    assert bookworm["functions"]["ext4_set_acl"]["signature"].startswith(
-        "int ext4_set_acl(struct user_namespace *mnt_userns, struct inode *inode")
-    assert "## `ext4_set_acl`" in (result.path / "matrix.md").read_text()
-    assert not (vm_settings.labs_dir / "mxtest-bullseye").exists()
-
-
-@pytest.mark.vm
-def test_vm_seed_is_not_applicable_on_bookworm(vm_settings: Settings) -> None:
-    result = run_matrix(vm_settings, load_scenario(BASIC), ["bookworm"], prefix="mxtest")
-    (bookworm,) = result.matrix["releases"]
-    assert result.exit_code == 0
-    assert bookworm["status"] == NOT_APPLICABLE
-    assert bookworm["reason"] == (
-        f"do_set_acl is absent in {bookworm['kernel']}; kernel 6.1.0 is older than the 6.3 "
-        "the scenario needs")
-    assert bookworm["bundle"] is None
-    assert bookworm["functions"]["do_set_acl"]["note"] == (
-        f"not applicable: do_set_acl absent from {bookworm['kernel']}")
-    assert f"| bookworm | {bookworm['kernel']} |" in result.markdown

@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import datetime
+import errno
 import json
 import os
 import re
+import signal
+import subprocess
+import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
 
+from lab.errors import LabFailure
 from lab.results import bundle as results
 from lab.results.bundle import ResultsBundle, run_id
 from lab.results.check import Check
+from tests.helpers import REPO
 
 RUN_ID = re.compile(r"\d{8}T\d{9}Z(-\d+)?")
 
@@ -45,7 +51,10 @@ def test_bundle_creates_its_directory_and_latest(tmp_path: Path) -> None:
     assert bundle.scenario_dir == tmp_path / "results" / "acl-basic"
     assert bundle.path == bundle.scenario_dir / bundle.run_id
     assert bundle.path.is_dir()
-    assert list(bundle.path.iterdir()) == []
+    # summary.json exists from the start, saying the run is under way.
+    assert [p.name for p in bundle.path.iterdir()] == ["summary.json"]
+    assert json.loads((bundle.path / "summary.json").read_text()) == {
+        "scenario": "acl-basic", "status": "running"}
     latest = bundle.scenario_dir / "latest"
     assert latest.is_symlink()
     assert os.readlink(latest) == bundle.run_id  # relative: the tree can be moved
@@ -142,17 +151,12 @@ def test_huge_json_is_bounded_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert b"more bytes cut]" in data
 
 
-def test_default_limit_is_megabytes() -> None:
-    assert results.TEXT_LIMIT >= 1024 * 1024
-
-
 def test_text_that_is_not_utf8_is_written_safely(tmp_path: Path) -> None:
     # Output decoded with surrogateescape keeps undecodable bytes as lone surrogates.
     text = b"ok \xff\xfe end\n".decode("utf-8", "surrogateescape")
     bundle = ResultsBundle(tmp_path, "demo")
     data = bundle.write_text("out.txt", text).read_bytes()
     assert data == b"ok ?? end\n"
-    assert data.decode("utf-8")
 
 
 def test_cut_keeps_the_file_valid_utf8(tmp_path: Path,
@@ -162,6 +166,64 @@ def test_cut_keeps_the_file_valid_utf8(tmp_path: Path,
     data = bundle.write_text("big.txt", "é" * 10).read_bytes()
     text = data.decode("utf-8")  # raises when the cut falls inside "é"
     assert "more bytes cut" in text
+
+
+def test_provisional_summary_carries_what_is_known(tmp_path: Path) -> None:
+    bundle = ResultsBundle(tmp_path, "demo", {"lab": "rn-x", "release": "trixie"})
+    assert json.loads((bundle.path / "summary.json").read_text()) == {
+        "scenario": "demo", "status": "running", "lab": "rn-x", "release": "trixie"}
+    bundle.write_json("summary.json", {"status": "passed"})
+    assert json.loads((bundle.path / "summary.json").read_text()) == {"status": "passed"}
+    assert [p.name for p in bundle.path.iterdir()] == ["summary.json"]  # no temporary left
+
+
+KILLER = """
+import sys
+from pathlib import Path
+from lab.results.bundle import ResultsBundle
+root = Path(sys.argv[1])
+print("go", flush=True)
+while True:
+    b = ResultsBundle(root, "demo")
+    b.write_json("summary.json", {"status": "passed", "pad": "x" * 100000})
+"""
+
+
+def test_latest_always_has_a_summary_even_after_sigkill(tmp_path: Path) -> None:
+    for _ in range(3):
+        proc = subprocess.Popen([sys.executable, "-c", KILLER, str(tmp_path)], cwd=REPO,
+                                stdout=subprocess.PIPE)
+        assert proc.stdout is not None and proc.stdout.readline() == b"go\n"
+        for _ in range(200):  # until a few bundles exist
+            if len(list((tmp_path / "demo").glob("2*"))) > 3:
+                break
+            os.sched_yield()
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        summary = json.loads((tmp_path / "demo" / "latest" / "summary.json").read_text())
+        assert summary["status"] in ("running", "passed")
+
+
+def test_full_results_disk_is_a_lab_failure(tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    bundle = ResultsBundle(tmp_path, "demo")
+
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("lab.results.bundle.os.fsync", full)
+    with pytest.raises(LabFailure, match="The results disk is full: could not write "
+                                         + re.escape(str(bundle.path / "summary.json"))):
+        bundle.write_json("summary.json", {"status": "passed"})
+    # The provisional summary is still whole: never a 0-byte summary.json.
+    assert json.loads((bundle.path / "summary.json").read_text())["status"] == "running"
+    assert [p.name for p in bundle.path.iterdir()] == ["summary.json"]
+
+
+def test_results_root_that_is_a_file_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    with pytest.raises(LabFailure, match=r"Could not write .*file/demo"):
+        ResultsBundle(tmp_path / "file", "demo")
 
 
 # --------------------------------------------------------------------------- junit.xml

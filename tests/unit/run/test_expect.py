@@ -56,6 +56,13 @@ def test_step_exit_mismatch() -> None:
     assert (check.expected, check.seen) == ("exit 1", "exit 0")
 
 
+def test_step_as_a_missing_user_shows_runusers_error() -> None:
+    (check,) = check_step(step(), 1, "", "runuser: user nobody2 does not exist\n",
+                          timed_out=False)
+    assert not check.ok
+    assert check.seen == "exit 1 (runuser: user nobody2 does not exist)"
+
+
 def test_step_timed_out() -> None:
     checks = check_step(step(expect_stdout="x", timeout=7), 0, "x", "", timed_out=True)
     assert len(checks) == 1  # output checks make no sense after a timeout

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from lab.run.expect_more import (
-    MapExpectation,
-    OutputExpectation,
     check_maps,
     check_output,
     field_value,
     without_lab_processes,
 )
+from lab.scenario.model import MapExpectation, OutputExpectation
 
 MAPS: dict[str, dict[str, object]] = {"counters": {
     "calls_by_uid": {"type": "hash", "entries": [{"key": 1000, "value": 1}]},

@@ -1,91 +1,48 @@
-"""Loader output -> events, lost counts and maps, from records of real probes (tests/data/shapes:
-recorded from bpf/shapes/*.bpf.c on a trixie lab, with their BTF and one object's DWARF)."""
+"""Loader output -> events: a malformed record is kept raw with a note, never a traceback."""
 
 from __future__ import annotations
 
-import functools
 import json
-from pathlib import Path
-from typing import Any
 
-import pytest
+from lab.run.events import EventDecoder
+from lab.run.records import decode_records
+from tests.unit.run.test_events import BTF_JSON, pack_event
 
-from lab.run.dwarf import OwnStruct, record_types
-from lab.run.events import TypeTable
-from lab.run.records import ObjectTypes, decode_lines
-from tests.helpers import REPO
-
-DATA = REPO / "tests" / "data" / "shapes"
+DECODERS = {"fentry.bpf.o": EventDecoder.from_btf_json(json.loads(BTF_JSON.read_text()))}
+NAMES = {"fentry.bpf.o": "acl-fentry", "acl_bcc.py": "bcc"}
 
 
-def btf(name: str) -> TypeTable:
-    return TypeTable((DATA / f"{name}.btf.json").read_text())
+def line(obj: str, data: str) -> str:
+    return json.dumps({"object": obj, "data": data})
 
 
-@functools.cache
-def dwarf_of(path: Path) -> tuple[list[OwnStruct], TypeTable]:
-    own, table = record_types(path)  # about 2 s: read once for the module
-    return own, TypeTable(table)
+def test_good_records_become_events() -> None:
+    events, bad = decode_records(
+        [line("fentry.bpf.o", pack_event(b"fentry", 0).hex()),
+         json.dumps({"object": "acl_bcc.py", "event": {"comm": "setfacl"}})], DECODERS, NAMES)
+    assert bad == []
+    assert [e["probe_name"] for e in events] == ["acl-fentry", "bcc"]
+    assert events[0]["comm"] == "setfacl" and events[1] == {"probe_name": "bcc",
+                                                            "comm": "setfacl"}
 
 
-def objects(**records: dict[str, str]) -> dict[str, ObjectTypes]:
-    return {
-        "counters.bpf.o": ObjectTypes("counters", btf("counters")),
-        "perfbuf.bpf.o": ObjectTypes("perf", btf("perfbuf"), records=records.get("perf", {})),
-        "ringbuf_dwarf.bpf.o": ObjectTypes("rbd", btf("ringbuf_dwarf"),
-                                           lambda: dwarf_of(DATA / "ringbuf_dwarf.bpf.o")),
-    }
-
-
-def test_a_ring_buffer_not_named_events_is_decoded_from_the_dwarf() -> None:
-    decoded = decode_lines((DATA / "buffers.loader.txt").read_text().splitlines(), objects())
-    rbd = [e for e in decoded.events if e["probe_name"] == "rbd"]
-    assert rbd == [
-        {"probe_name": "rbd", "map": "rb", "pid": 254, "uid": 0, "comm": "setfacl",
-         "file": {"name": "f2", "len": 3}},
-        {"probe_name": "rbd", "map": "rb", "pid": 256, "uid": 1000, "comm": "setfacl",
-         "file": {"name": "passwd", "len": 7}},
-    ]
-
-
-def test_perf_buffer_records_use_the_struct_named_in_records() -> None:
-    decoded = decode_lines((DATA / "buffers.loader.txt").read_text().splitlines(),
-                           objects(perf={"hits": "acl_hit"}))
-    perf = [e for e in decoded.events if e["probe_name"] == "perf"]
-    assert [(e["pid"], e["ret"], e["comm"]) for e in perf] == [
-        (254, 0, "setfacl"), (256, -1, "setfacl")]
-    assert decoded.notes == []
-
-
-def test_a_record_no_struct_fits_is_kept_as_hex_with_a_note() -> None:
-    decoded = decode_lines((DATA / "buffers.loader.txt").read_text().splitlines(), objects())
-    perf = [e for e in decoded.events if e["probe_name"] == "perf"]
-    assert perf[0]["raw"] == "fe000000000000007365746661636c00000000000000000000000000"
-    assert decoded.notes == [
-        "perfbuf.bpf.o map hits: no struct of 28 bytes in the object's BTF (struct event) "
-        "or its sources' DWARF; records kept as hex"]
-
-
-def test_maps_and_globals_are_decoded_with_their_btf_types() -> None:
-    decoded = decode_lines((DATA / "counters.loader.txt").read_text().splitlines(), objects())
-    maps: dict[str, Any] = decoded.maps["counters"]
-    assert maps["calls_by_uid"]["entries"] == [{"key": 1000, "value": 1}]
-    assert maps[".bss"]["globals"] == {"counts": [1, 1], "last_ret": -1}
-    assert maps[".rodata"]["globals"] == {"targ_uid": 4294967295}
-
-
-@pytest.mark.parametrize("line", [
-    "not json", "[1, 2]", '{"object": "counters.bpf.o", "map": "rb", "data": "zz"}',
-    '{"object": "counters.bpf.o", "map": "rb", "data": "0102"}',
-    '{"object": "other.bpf.o", "map": "rb", "data": "0102"}',
-    '{"object": "counters.bpf.o", "map": "m", "kind": "dump", "entries": [["zz", 1]]}',
-    '{"object": "perfbuf.bpf.o", "map": "hits", "kind": "perf", "lost": 3, "cpu": 0}',
-], ids=["text", "list", "bad-hex", "short", "unknown-object", "bad-dump", "lost"])
-def test_malformed_or_odd_lines_never_raise(line: str) -> None:
-    decoded = decode_lines([line], objects())
-    json.dumps([decoded.events, decoded.maps, decoded.lost, decoded.notes])
-
-
-def test_lost_perf_records_are_counted() -> None:
-    line = '{"object": "perfbuf.bpf.o", "map": "hits", "kind": "perf", "lost": 3, "cpu": 0}'
-    assert decode_lines([line, line], objects()).lost == {"perfbuf.bpf.o/hits": 6}
+def test_malformed_records_are_kept_raw_with_a_note() -> None:
+    good = pack_event(b"fentry", 0).hex()
+    events, bad = decode_records([
+        line("fentry.bpf.o", "zz" + good[2:]),         # bad hex
+        line("fentry.bpf.o", good[:20]),               # short record
+        line("other.bpf.o", good),                     # no decoder for it
+        "{not json",                                   # a torn line
+        "[1, 2]",                                      # JSON, not an object
+        "",
+        line("fentry.bpf.o", good),
+    ], DECODERS, NAMES)
+    assert len(events) == 1
+    notes = [str(b["note"]) for b in bad]
+    assert notes[0].startswith("record is not valid hex")
+    assert notes[1] == "record of 10 bytes is shorter than struct event (208 bytes)"
+    assert notes[2] == "no decoder for object 'other.bpf.o'"
+    assert notes[3].startswith("not JSON: ")
+    assert notes[4] == "not a JSON object"
+    assert bad[0]["raw"] == {"object": "fentry.bpf.o", "data": "zz" + good[2:]}
+    assert bad[3]["raw"] == "{not json"

@@ -4,14 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from lab.scenario.model import (
-    FENTRY_MIN_KERNEL,
-    KernelRange,
-    ScenarioError,
-    kernel_version,
-    load_scenario,
-    parse_scenario,
-)
+from lab.scenario.load import load_scenario, parse_scenario
+from lab.scenario.model import FENTRY_MIN_KERNEL, KernelRange, ScenarioError, kernel_version
 from tests.helpers import REPO
 
 BASE = """\

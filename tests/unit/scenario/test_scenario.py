@@ -1,4 +1,4 @@
-"""Unit tests for lab.scenario.model: YAML loading, schema validation, model, lookup."""
+"""Unit tests for lab.scenario: YAML loading, schema validation, model, lookup."""
 
 from __future__ import annotations
 
@@ -10,20 +10,17 @@ from typing import Any
 import pytest
 import yaml
 
+from lab.scenario.load import find_scenario, list_scenarios, load_scenario, parse_scenario
 from lab.scenario.model import (
     DEFAULT_LOADER,
     DEFAULT_MIN,
     DEFAULT_TIMEOUT,
     DEFAULT_USER,
-    SCHEMA_PATH,
     ScenarioError,
     Step,
-    find_scenario,
-    list_scenarios,
-    load_scenario,
-    parse_scenario,
-    parse_yaml,
 )
+from lab.scenario.schema import SCHEMA_PATH
+from lab.scenario.yamlmap import parse_yaml
 from tests.helpers import REPO
 
 SCENARIOS = REPO / "scenarios"
@@ -270,7 +267,7 @@ def test_source_must_be_relative_without_dotdot_and_match_loader() -> None:
     )
     for bad in ("/abs/x.bpf.c", "bpf/../x.bpf.c", "bpf/x.c", "../x.py"):
         assert error_text(MINIMAL.replace("bpf/acl/fentry.bpf.c", bad)) == expected
-    text = MINIMAL.replace("bpf/acl/fentry.bpf.c", "bpf/bcc/acl.py")
+    text = MINIMAL.replace("bpf/acl/fentry.bpf.c", "bpf/bcc/acl_bcc.py")
     assert error_text(text) == (
         "demo.yaml:8: probes[0].source: a .py source needs loader 'bcc', but the loader is 'libbpf'"
     )

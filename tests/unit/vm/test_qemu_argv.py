@@ -14,7 +14,8 @@ import pytest
 
 from lab.image.build import Image
 from lab.vm.accel import Accel
-from lab.vm.qemu import QEMU, kernel_cmdline, pid_is_lab, qemu_argv
+from lab.vm.boot import kernel_cmdline
+from lab.vm.qemu import QEMU, pid_is_lab, qemu_argv
 
 TCG = Accel("tcg", "test")
 KVM = Accel("kvm", "test")
@@ -132,7 +133,7 @@ def test_kernel_command_line(tmp_path: Path) -> None:
     image = make_image(tmp_path / "image", root_device="/dev/vda")
     argv = argv_for(tmp_path, image)
     cmdline = option(argv, "-append")
-    assert cmdline == kernel_cmdline(image)
+    assert cmdline == kernel_cmdline("/dev/vda")
     words = cmdline.split()
     assert "panic=-1" in words  # with -no-reboot: a panic ends qemu
     assert "console=ttyS0" in words  # the serial log is where readiness is seen

@@ -1,0 +1,163 @@
+"""Typed client of the guest helper (lab/guest/fentry_lab_guest.py) and the static cache.
+
+The helper runs in the guest, reads a JSON request on stdin and answers JSON on stdout.
+Its replies become the dataclasses below here, in one place, so the runner and the matrix
+never index dicts by hand. Static artefacts (objdump listings, `bpftrace -lv` output)
+depend only on the kernel, so they are cached on the host by the kernel's build ID.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lab.errors import LabFailure
+from lab.results.bundle import write_atomic
+from lab.ssh import Session
+
+GUEST_ROOT = "/opt/fentry-lab"
+GUEST_SRC = f"{GUEST_ROOT}/src"
+HELPER = f"{GUEST_SRC}/guest/fentry_lab_guest.py"
+DISK_FULL = "No space left on device"
+
+
+def guest_disk_full(what: str) -> LabFailure:
+    return LabFailure(f"{what}: the guest's disk is full (No space left on device). A step "
+                      "probably filled it. Fix: `invoke lab.destroy && invoke lab.up` for a "
+                      "fresh lab (the image is unchanged), and keep steps' files small.")
+
+
+@dataclass(frozen=True)
+class KernelFacts:
+    release: str
+    version: tuple[int, ...]
+    btf: bool
+    build_id_running: str | None
+    build_id_debug_vmlinux: str | None
+    raw: Mapping[str, Any]  # everything the helper said, as written to kernel.json
+
+    @classmethod
+    def parse(cls, doc: Mapping[str, Any]) -> KernelFacts:
+        return cls(str(doc["release"]), tuple(int(v) for v in doc["version"]), bool(doc["btf"]),
+                   doc.get("build_id_running"), doc.get("build_id_debug_vmlinux"), doc)
+
+
+@dataclass(frozen=True)
+class BuildReply:
+    ok: bool
+    log: str
+    cached: bool | None  # None: nothing to build
+
+
+@dataclass(frozen=True)
+class Facts:
+    """The `prepare` / `facts` reply: the kernel and what it offers for some functions."""
+
+    kernel: KernelFacts
+    traceable: Mapping[str, bool]
+    in_kallsyms: Mapping[str, bool]
+    live_before: Mapping[str, Any]
+    objdump: Mapping[str, str] = field(default_factory=dict)
+    bpftrace_lv: Mapping[str, str] = field(default_factory=dict)
+    build: BuildReply = BuildReply(True, "", None)
+
+    @classmethod
+    def parse(cls, doc: Mapping[str, Any]) -> Facts:
+        build = doc.get("build") or {}
+        return cls(KernelFacts.parse(doc["kernel"]), dict(doc["traceable"]),
+                   dict(doc["in_kallsyms"]), dict(doc.get("live_before", {})),
+                   dict(doc.get("objdump", {})), dict(doc.get("bpftrace_lv", {})),
+                   BuildReply(bool(build.get("ok", True)), str(build.get("log", "")),
+                              build.get("cached")))
+
+
+@dataclass(frozen=True)
+class LiveReply:
+    """The `peek` / `finish` reply: live bytes per function, and the trace (finish only)."""
+
+    live: Mapping[str, Any]
+    trace: tuple[str, ...] = ()
+
+    @classmethod
+    def parse(cls, doc: Mapping[str, Any]) -> LiveReply:
+        return cls(dict(doc["live"]), tuple(str(line) for line in doc.get("trace", [])))
+
+
+class GuestHelper:
+    """Calls the helper over an SSH session; every failure is a LabFailure."""
+
+    def __init__(self, ssh: Session) -> None:
+        self.ssh = ssh
+
+    def call(self, command: str, request: Mapping[str, object], timeout: float) -> dict[str, Any]:
+        result = self.ssh.run(["python3", HELPER, command], stdin=json.dumps(request).encode(),
+                              timeout=timeout)
+        err = result.err.strip()
+        if result.exit_status != 0 or result.timed_out:
+            if DISK_FULL in err:
+                raise guest_disk_full(f"The guest helper failed ({command})")
+            why = (f"timed out after {timeout:.0f} s" if result.timed_out
+                   else f"exit {result.exit_status}")
+            raise LabFailure(f"The lab's guest helper failed ({command}, {why}): {err[-2000:]}")
+        try:
+            value = json.loads(result.out)
+        except json.JSONDecodeError as exc:
+            raise LabFailure(f"The lab's guest helper answered {command} with something that "
+                             f"is not JSON ({exc}): {result.out[:300]!r}") from None
+        if not isinstance(value, dict):
+            raise LabFailure(f"The lab's guest helper answered {command} with {value!r}.")
+        return value
+
+    def prepare(self, request: Mapping[str, object], timeout: float = 600) -> Facts:
+        return self._facts("prepare", request, timeout)
+
+    def facts(self, request: Mapping[str, object], timeout: float = 600) -> Facts:
+        return self._facts("facts", request, timeout)
+
+    def peek(self, live: Sequence[str], timeout: float = 120) -> LiveReply:
+        return self._live("peek", live, timeout)
+
+    def finish(self, live: Sequence[str], timeout: float = 120) -> LiveReply:
+        return self._live("finish", live, timeout)
+
+    def _facts(self, command: str, request: Mapping[str, object], timeout: float) -> Facts:
+        doc = self.call(command, request, timeout)
+        try:
+            return Facts.parse(doc)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise LabFailure(f"The lab's guest helper's {command} reply lacks {exc}: is the "
+                             "guest helper from another version of fentry-lab?") from None
+
+    def _live(self, command: str, live: Sequence[str], timeout: float) -> LiveReply:
+        doc = self.call(command, {"live": list(live)}, timeout)
+        try:
+            return LiveReply.parse(doc)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise LabFailure(f"The lab's guest helper's {command} reply lacks {exc}.") from None
+
+
+class StaticCache:
+    """home/static/<kernel build id>/{objdump,bpftrace-lv}-<function>.txt."""
+
+    KINDS = ("objdump", "bpftrace-lv")
+
+    def __init__(self, home: Path, build_id: str) -> None:
+        self.directory = home / "static" / build_id
+
+    def path(self, kind: str, fn: str) -> Path:
+        return self.directory / f"{kind}-{fn}.txt"
+
+    def missing(self, kind: str, functions: Sequence[str]) -> list[str]:
+        return [fn for fn in functions if not self.path(kind, fn).exists()]
+
+    def store(self, facts: Facts) -> None:
+        for kind, texts in (("objdump", facts.objdump), ("bpftrace-lv", facts.bpftrace_lv)):
+            for fn, text in texts.items():
+                write_atomic(self.path(kind, fn), text.encode())
+
+    def read(self, kind: str, fn: str) -> str:
+        path = self.path(kind, fn)
+        return path.read_text() if path.exists() else f"# {kind} {fn}: not recorded\n"

@@ -1,0 +1,65 @@
+"""The typed guest-helper client: replies become dataclasses, failures LabFailure messages."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, cast
+
+import pytest
+
+from lab.errors import LabFailure
+from lab.run.guest import Facts, GuestHelper
+from lab.ssh import CommandResult, Session
+
+KERNEL = {"release": "6.12.1", "version": [6, 12, 1], "btf": True,
+          "build_id_running": "aa", "build_id_debug_vmlinux": "aa", "uname": "Linux"}
+
+
+class FakeSession:
+    def __init__(self, status: int, out: bytes, err: bytes = b"",
+                 timed_out: bool = False) -> None:
+        self.result = CommandResult("x", status, out, err, 0.1, timed_out)
+        self.requests: list[Any] = []
+
+    def run(self, argv: Any, *, stdin: bytes, timeout: float) -> CommandResult:
+        self.requests.append((argv, json.loads(stdin)))
+        return self.result
+
+
+def helper(session: FakeSession) -> GuestHelper:
+    return GuestHelper(cast(Session, session))
+
+
+def test_prepare_reply_is_typed() -> None:
+    reply = {"kernel": KERNEL, "traceable": {"do_set_acl": True},
+             "in_kallsyms": {"do_set_acl": True}, "live_before": {"do_set_acl": {}},
+             "objdump": {"do_set_acl": "listing"}, "bpftrace_lv": {},
+             "build": {"ok": True, "log": "", "cached": False}}
+    session = FakeSession(0, json.dumps(reply).encode())
+    facts = helper(session).prepare({"functions": ["do_set_acl"]})
+    assert isinstance(facts, Facts)
+    assert facts.kernel.version == (6, 12, 1) and facts.kernel.raw["uname"] == "Linux"
+    assert facts.build.cached is False and facts.objdump == {"do_set_acl": "listing"}
+    assert session.requests[0][1] == {"functions": ["do_set_acl"]}
+
+
+def test_finish_reply_is_typed() -> None:
+    session = FakeSession(0, b'{"live": {"f": {"bytes": "90"}}, "trace": ["a", "b"]}')
+    reply = helper(session).finish(["f"])
+    assert reply.trace == ("a", "b") and reply.live == {"f": {"bytes": "90"}}
+
+
+def test_full_guest_disk_is_named_with_the_fix() -> None:
+    session = FakeSession(3, b"", b"fentry-lab-guest: No space left on device: /var/cache/x\n")
+    with pytest.raises(LabFailure, match=r"the guest's disk is full .* Fix: `invoke "
+                                         r"lab.destroy && invoke lab.up`"):
+        helper(session).peek(["f"])
+
+
+def test_a_broken_reply_is_a_lab_failure() -> None:
+    with pytest.raises(LabFailure, match="answered peek with something that is not JSON"):
+        helper(FakeSession(0, b"Traceback (most recent call last):")).peek(["f"])
+    with pytest.raises(LabFailure, match="reply lacks 'kernel'"):
+        helper(FakeSession(0, b"{}")).facts({})
+    with pytest.raises(LabFailure, match=r"\(prepare, timed out after 600 s\)"):
+        helper(FakeSession(-1, b"", timed_out=True)).prepare({})

@@ -1,0 +1,85 @@
+"""What goes into the guest: only the probes' files, never a symlink out of the project."""
+
+from __future__ import annotations
+
+import io
+import shutil
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from lab.errors import ScenarioError
+from lab.run.probes import pack_sources
+from lab.scenario.load import load_scenario
+from tests.helpers import REPO
+
+
+def names(tarball: bytes) -> list[str]:
+    with tarfile.open(fileobj=io.BytesIO(tarball)) as tar:
+        return tar.getnames()
+
+
+def test_only_the_probes_files_are_uploaded() -> None:
+    basic = load_scenario(REPO / "scenarios" / "acl-basic.yaml")
+    assert names(pack_sources(REPO / "bpf", basic.probes)) == [
+        "bpf/Makefile", "bpf/acl/acl_event.h", "bpf/acl/fentry.bpf.c", "bpf/acl/fentry.c",
+        "bpf/acl/fexit.bpf.c", "bpf/acl/fexit.c", "bpf/loader/lab-loader.c",
+        "guest/elf.py", "guest/fentry_lab_guest.py"]
+
+
+def test_headers_included_from_another_directory_come_along() -> None:
+    portable = load_scenario(REPO / "scenarios" / "acl-portable.yaml").for_kernel((5, 10, 0))
+    uploaded = names(pack_sources(REPO / "bpf", portable.probes))
+    assert "bpf/acl/acl_event.h" in uploaded  # ext4_acl.h includes ../acl/acl_event.h
+    assert "bpf/acl/fentry.bpf.c" not in uploaded
+    assert "bpf/bcc/acl_bcc.py" not in uploaded and "bpf/tests/verifier-reject.bpf.c" \
+        not in uploaded
+
+
+def test_bcc_probe_needs_no_loader() -> None:
+    bcc = load_scenario(REPO / "scenarios" / "acl-bcc.yaml")
+    assert names(pack_sources(REPO / "bpf", bcc.probes)) == [
+        "bpf/Makefile", "bpf/bcc/acl_bcc.py", "guest/elf.py", "guest/fentry_lab_guest.py"]
+
+
+def test_the_matrix_uploads_just_the_guest_helper() -> None:
+    assert names(pack_sources(REPO / "bpf")) == [
+        "bpf/Makefile", "guest/elf.py", "guest/fentry_lab_guest.py"]
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    shutil.copytree(REPO / "bpf", tmp_path / "proj" / "bpf",
+                    ignore=shutil.ignore_patterns("build"))
+    (tmp_path / "secret.txt").write_text("host secret\n")
+    return tmp_path / "proj"
+
+
+def test_symlink_out_of_the_project_is_refused(project: Path, tmp_path: Path) -> None:
+    link = project / "bpf" / "acl" / "notes.txt"
+    link.symlink_to(tmp_path / "secret.txt")
+    basic = load_scenario(REPO / "scenarios" / "acl-basic.yaml")
+    with pytest.raises(ScenarioError, match=r"Refusing to upload .*/bpf/acl/notes.txt: it is a "
+                                            r"symlink to .*/secret.txt, outside the project"):
+        pack_sources(project / "bpf", basic.probes)
+    # A symlink in a directory no probe uses is not even looked at.
+    link.unlink()
+    (project / "bpf" / "tests" / "x").symlink_to(tmp_path / "secret.txt")
+    assert b"host secret" not in pack_sources(project / "bpf", basic.probes)
+
+
+def test_symlink_inside_the_project_is_followed(project: Path) -> None:
+    (project / "bpf" / "acl" / "event.h").symlink_to("acl_event.h")
+    basic = load_scenario(REPO / "scenarios" / "acl-basic.yaml")
+    assert "bpf/acl/event.h" in names(pack_sources(project / "bpf", basic.probes))
+
+
+def test_a_header_include_symlinked_out_is_refused(project: Path, tmp_path: Path) -> None:
+    header = project / "bpf" / "acl" / "acl_event.h"
+    (tmp_path / "acl_event.h").write_bytes(header.read_bytes())
+    header.unlink()
+    header.symlink_to(tmp_path / "acl_event.h")
+    portable = load_scenario(REPO / "scenarios" / "acl-portable.yaml").for_kernel((5, 10, 0))
+    with pytest.raises(ScenarioError, match=r"acl_event\.h: it is a symlink"):
+        pack_sources(project / "bpf", portable.probes)
