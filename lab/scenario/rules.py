@@ -148,7 +148,6 @@ def _probe_errors(
             probe_lines[name] = doc.line(name_path)
             names.append(name)
         source: str = probe.get("source", "")
-        loader = probe.get("loader", DEFAULT_LOADER)
         yield from _loader_errors(probe, (*where, index), doc)
         if not source:
             continue

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
+from lab.run.decode import ObjectTypes, decode_lines
 from lab.run.dwarf import OwnStruct, record_types
 from lab.run.events import TypeTable
-from lab.run.decode import ObjectTypes, decode_lines
 from tests.helpers import REPO
 
 DATA = REPO / "tests" / "data" / "shapes"
