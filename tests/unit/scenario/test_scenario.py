@@ -440,4 +440,5 @@ def test_users_own_programs_validate() -> None:
         "bpftrace", "-e", "BEGIN { exit(); }")
     wrong = MINIMAL.replace("source: bpf/acl/fentry.bpf.c",
                             "source: bpf/acl/fentry.bpf.c\n    script: x")
-    assert error_text(wrong) == "demo.yaml:9: probes[0].script: `script` is for loader bpftrace, not 'libbpf'"
+    assert error_text(wrong) == (
+        "demo.yaml:9: probes[0].script: `script` is for loader bpftrace, not 'libbpf'")
