@@ -12,7 +12,10 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from lab.config import Settings
 from lab.errors import PreflightError, UsageError
+from lab.ssh import Session
+from lab.vm import backend_for
 
 FUNCTION_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]{0,127}$")
 SCENARIO_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
@@ -227,7 +230,22 @@ def write_scaffold(name: str, sig: Signature, scenarios_dir: Path, bpf_dir: Path
         if path.exists() and not force:
             raise UsageError(f"{path} exists already: pick another name, or remove it.")
     source_path.parent.mkdir(parents=True, exist_ok=True)
+    scenario_path.parent.mkdir(parents=True, exist_ok=True)
     source_path.write_text(probe_source(sig, fexit=fexit, kprobe=kprobe))
     relative = f"bpf/{name}/{name}.bpf.c"
     scenario_path.write_text(scenario_text(name, sig, relative, fexit=fexit, kprobe=kprobe))
     return [scenario_path, source_path]
+
+
+def new_scenario(settings: Settings, name: str, function: str, *, fexit: bool,
+                 kprobe: bool) -> list[Path]:
+    """Read the function's signature on the lab (brought up if needed) and write the
+    skeleton into the user's own scenarios/ and bpf/ (the current directory's)."""
+    backend = backend_for(settings)
+    with Session(backend.up().target) as ssh:
+        probe = "kprobe" if kprobe else "fentry"
+        listing = ssh.run(["sh", "-c", f"bpftrace -lv '{probe}:{function}' 2>/dev/null || "
+                           f"bpftrace -lv 'kfunc:{function}'"], timeout=300)
+    sig = parse_listing(function, listing.out.replace("kfunc:", "fentry:"))
+    return write_scaffold(name, sig, settings.scenarios, settings.probes,
+                          fexit=fexit, kprobe=kprobe)
