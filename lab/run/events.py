@@ -29,9 +29,9 @@ Decoding rules (records are little-endian, as on x86-64):
   whole byte, are skipped.
 
 Convention: a top-level field named ``retval`` is dropped when the record also
-has a ``probe`` field whose value is not ``"fexit"``: an fentry probe runs before
-the traced function returns, so its ``retval`` slot holds no return value. A
-record without a ``probe`` field keeps ``retval``.
+has a ``probe`` field that names an entry probe (``"fentry"``, ``"kprobe"``): it
+runs before the traced function returns, so its ``retval`` slot holds no return
+value. Any other record (fexit, kretprobe, no ``probe`` field) keeps ``retval``.
 
 The layout is compiled once into a tree of small reader functions, so
 :meth:`EventDecoder.decode` does no BTF lookups. A record may be longer than the
@@ -57,6 +57,7 @@ _ANON_NAMES = frozenset({"", "(anon)"})
 _INT_CODES = {1: "b", 2: "h", 4: "i", 8: "q"}
 _FLOAT_CODES = {4: "f", 8: "d"}
 _PTR_SIZE = 8
+ENTRY_PROBES = frozenset({"fentry", "kprobe"})
 
 
 class BtfError(ScenarioError, ValueError):
@@ -340,7 +341,7 @@ class EventDecoder:
             )
         fields = self._read(data, 0)
         probe = fields.get("probe")
-        if "retval" in fields and probe is not None and probe != "fexit":
+        if "retval" in fields and probe in ENTRY_PROBES:
             del fields["retval"]
         return fields
 
