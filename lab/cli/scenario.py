@@ -117,5 +117,30 @@ def show(c: Context, scenario: str, scenarios: str | None = None) -> None:
         emit(path.read_text(), end="")
 
 
-TASKS = {"run": run, "list": list_, "validate": validate, "show": show}
+@lab_task(positional=["scenario"], help={
+    "scenario": "Name of the new scenario (scenarios/NAME.yaml, bpf/NAME/NAME.bpf.c)",
+    "function": "The kernel function to probe (its signature comes from the lab's BTF)",
+    "fexit": "Add an fexit program (the return value) beside the fentry one",
+    "kprobe": "A kprobe/kretprobe pair instead of fentry/fexit",
+    "name": LAB_FLAGS["name"], "release": LAB_FLAGS["release"]})
+def new(c: Context, scenario: str, function: str = "", fexit: bool = False,
+        kprobe: bool = False, name: str | None = None, release: str | None = None) -> None:
+    """Make a scenario and a probe skeleton for a kernel function, ready to run.
+
+    Example: invoke scenario.new my-write --function vfs_write --fexit
+    """
+    from lab.run.scaffold import check_names, new_scenario
+
+    with friendly_errors():
+        if not function:
+            raise UsageError("`scenario.new` needs --function FUNCTION (the kernel function "
+                             "to probe).")
+        check_names(scenario, function)
+        settings = settings_from(c, name=name, release=release)
+        for path in new_scenario(settings, scenario, function, fexit=fexit, kprobe=kprobe):
+            emit(f"wrote {path}")
+        emit(f"next: edit its steps, then `invoke scenario run {scenario}`")
+
+
+TASKS = {"run": run, "list": list_, "validate": validate, "show": show, "new": new}
 DEFAULT = "run"

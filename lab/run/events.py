@@ -29,9 +29,9 @@ Decoding rules (records are little-endian, as on x86-64):
   whole byte, are skipped.
 
 Convention: a top-level field named ``retval`` is dropped when the record also
-has a ``probe`` field whose value is not ``"fexit"``: an fentry probe runs before
-the traced function returns, so its ``retval`` slot holds no return value. A
-record without a ``probe`` field keeps ``retval``.
+has a ``probe`` field that names an entry probe (``"fentry"``, ``"kprobe"``): it
+runs before the traced function returns, so its ``retval`` slot holds no return
+value. Any other record (fexit, kretprobe, no ``probe`` field) keeps ``retval``.
 
 The layout is compiled once into a tree of small reader functions, so
 :meth:`EventDecoder.decode` does no BTF lookups. A record may be longer than the
@@ -46,7 +46,7 @@ from collections.abc import Callable, Mapping
 
 from lab.errors import ScenarioError
 
-__all__ = ["BtfError", "EventDecoder"]
+__all__ = ["BtfError", "EventDecoder", "TypeTable"]
 
 _Reader = Callable[[bytes, int], object]
 _StructReader = Callable[[bytes, int], dict[str, object]]
@@ -57,6 +57,7 @@ _ANON_NAMES = frozenset({"", "(anon)"})
 _INT_CODES = {1: "b", 2: "h", 4: "i", 8: "q"}
 _FLOAT_CODES = {4: "f", 8: "d"}
 _PTR_SIZE = 8
+ENTRY_PROBES = frozenset({"fentry", "kprobe"})
 
 
 class BtfError(ScenarioError, ValueError):
@@ -340,7 +341,7 @@ class EventDecoder:
             )
         fields = self._read(data, 0)
         probe = fields.get("probe")
-        if "retval" in fields and probe is not None and probe != "fexit":
+        if "retval" in fields and probe in ENTRY_PROBES:
             del fields["retval"]
         return fields
 
@@ -351,3 +352,46 @@ class EventDecoder:
         except ValueError as exc:
             raise BtfError(f"record is not valid hex: {exc}") from exc
         return self.decode(data)
+
+
+class TypeTable:
+    """Readers for any type of one object's type table (BTF JSON, or DWARF made alike)."""
+
+    def __init__(self, doc: object) -> None:
+        self.types = _load_types(doc)
+        self._builder = _LayoutBuilder(self.types)
+
+    def struct_id(self, name: str) -> int | None:
+        """The id of the complete ``struct name``, or None."""
+        found = [t for t in self.types.values()
+                 if t["kind"] == "STRUCT" and t.get("name") == name]
+        found.sort(key=lambda t: t.get("vlen") == 0)
+        return _get_int(found[0], "id") if found else None
+
+    def size(self, type_id: int) -> int:
+        return self._builder.reader(type_id)[1]
+
+    def resolve(self, type_id: int) -> Mapping[str, object]:
+        """The type behind type_id, typedefs and qualifiers looked through."""
+        return self._builder.resolve(type_id)
+
+    def variable_type(self, name: str) -> int | None:
+        """The type id of global variable `name` (a BTF VAR), or None."""
+        for t in self.types.values():
+            if t["kind"] == "VAR" and t.get("name") == name:
+                return _get_int(t, "type_id")
+        return None
+
+    def read(self, type_id: int, data: bytes, offset: int = 0) -> object:
+        """Decode the value of type_id at offset; BtfError when data is too short."""
+        read, size = self._builder.reader(type_id)
+        if len(data) < offset + size:
+            raise BtfError(f"{len(data) - offset} bytes are fewer than the {size} of "
+                           f"{_describe(self._builder.resolve(type_id))}")
+        return read(data, offset)
+
+    def decoder(self, type_id: int) -> EventDecoder:
+        """A record decoder for the struct with this id."""
+        t = self._builder.resolve(type_id)
+        return EventDecoder(str(t.get("name") or "(anon)"), _get_int(t, "size"),
+                            self._builder.struct_reader(t))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from lab.results.check import Check
+from lab.run.expect_more import field_value
 from lab.scenario.model import EventExpectation, Step
 
 
@@ -33,9 +34,9 @@ def event_matches(event: Mapping[str, object], probe: str,
     if event.get("probe_name") != probe:
         return False
     for key, want in match.items():
-        if key not in event:
+        found, have = field_value(event, key)  # "file.name" reaches a nested field
+        if not found:
             return False
-        have = event[key]
         if isinstance(want, bool) or isinstance(have, bool):
             if have is not want:
                 return False

@@ -12,9 +12,10 @@ import io
 import json
 import os
 import re
+import shlex
 import tarfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -115,8 +116,10 @@ def build_key(tarball: bytes, kernel_release: str, image_digest: str) -> str:
 
 
 def object_stem(probe: Probe) -> str:
-    """bpf/acl/fentry.bpf.c -> acl/fentry"""
-    return probe.source.removeprefix("bpf/").removesuffix(".bpf.c")
+    """bpf/acl/fentry.bpf.c -> acl/fentry; bpf/tools/probe.c -> tools/probe"""
+    source = probe.source.removeprefix("bpf/")
+    return source.removesuffix(".bpf.c") if source.endswith(".bpf.c") else \
+        source.removesuffix(".c")
 
 
 def build_targets(probes: Sequence[Probe], out: str) -> list[str]:
@@ -222,12 +225,17 @@ class RunningLoader:
         self.channel.close()
 
 
-def start_loader(ssh: Session, probes: tuple[Probe, ...], build_dir: str) -> RunningLoader:
+def start_loader(ssh: Session, probes: tuple[Probe, ...], build_dir: str,
+                 options: Mapping[str, Sequence[str]] | None = None) -> RunningLoader:
+    """lab-loader for libbpf probes (with each object's -p/-s options before it), or a BCC
+    script."""
     if probes[0].loader == "bcc":
         command = f"exec python3 {GUEST_SRC}/{probes[0].source}"
     else:
-        objects = " ".join(f"{object_stem(p)}.bpf.o" for p in probes)
-        command = f"cd {build_dir} && exec ./lab-loader {objects}"
+        args: list[str] = []
+        for p in probes:
+            args += [*(options or {}).get(p.name, ()), f"{object_stem(p)}.bpf.o"]
+        command = f"cd {build_dir} && exec ./lab-loader {shlex.join(args)}"
     return RunningLoader(probes, command, ssh.open_channel(command))
 
 

@@ -33,7 +33,10 @@ from lab.image.build import Image, find_image, read_image
 from lab.results.bundle import ResultsBundle
 from lab.results.check import Check
 from lab.results.report import try_write_report
+from lab.run import own
+from lab.run.decode import Decoded
 from lab.run.expect import check_events, check_step, check_trace
+from lab.run.expect_more import check_maps, check_output, without_lab_processes
 from lab.run.guest import (
     DISK_FULL,
     Facts,
@@ -56,7 +59,7 @@ from lab.run.probes import (
     start_loader,
     upload_sources,
 )
-from lab.run.records import decode_loader_output, load_decoders
+from lab.run.tools import RunningTool
 from lab.scenario.model import Probe, Scenario, Step, kernel_version
 from lab.ssh import CommandResult, Session
 from lab.vm.accel import Accel
@@ -217,6 +220,7 @@ class _Run:
         self.steps_log: list[dict[str, object]] = []
         self.live: dict[str, dict[str, object]] = {fn: {} for fn in scenario.collect.live_text}
         self.loaders: list[RunningLoader] = []
+        self.tools: list[RunningTool] = []
         self.trace: list[str] = []
 
     # -- the run -------------------------------------------------------------------------
@@ -252,6 +256,7 @@ class _Run:
                 raise
             if facts[0].build.cached is False:
                 save_build(ssh, build_dir, build_cache)
+            own.build_tools(ssh, self.scenario.probes, self.slowdown, self.bundle)
 
         def setup() -> None:
             for step in self.scenario.setup:
@@ -266,6 +271,7 @@ class _Run:
 
         def attach() -> None:
             self._attach(ssh, build_dir)
+            self.tools = own.start_tools(ssh, self.scenario.probes, self.slowdown)
             self._record_live(guest.peek(list(self.scenario.collect.live_text)), "attached")
 
         def steps() -> None:
@@ -287,9 +293,14 @@ class _Run:
             self._record_live(finish, "after")
             self.trace = list(finish.trace)
             self.bundle.write_text("trace_pipe.txt", "".join(f"{t}\n" for t in self.trace))
-            events = self._events(ssh, build_dir)
+            decoded = self._events(ssh, build_dir)
+        events = decoded.events if self.scenario.include_lab_processes else \
+            without_lab_processes(decoded.events)
         self.checks += check_events(self.scenario.events, events)
         self.checks += check_trace(self.scenario.trace, self.trace)
+        self.checks += check_maps(self.scenario.maps, decoded.maps)
+        self.checks += check_output(self.scenario.output,
+                                    {t.probe_name: t.output_lines for t in self.tools})
 
     def _prepare(self, guest: GuestHelper, image: Image, build_dir: str) -> Facts:
         sc = self.scenario
@@ -316,7 +327,8 @@ class _Run:
         for fn, value in facts.live_before.items():
             self.live.setdefault(fn, {})["before"] = value
         self.bundle.write_json("live-text.json", self.live)
-        problems = preflight_problems(sc, facts)
+        problems = preflight_problems(sc, facts) + own.requirement_problems(
+            guest.ssh, sc.requires, facts.kernel.release)
         if problems:
             raise PreflightError(
                 f"Preflight failed for scenario {sc.name!r}: " + "; ".join(problems)
@@ -352,8 +364,9 @@ class _Run:
         return result
 
     def _attach(self, ssh: Session, build_dir: str) -> None:
+        options = own.loader_options(ssh, self.scenario.probes, build_dir, self.settings.home)
         for group in self._groups():
-            loader = start_loader(ssh, group, build_dir)
+            loader = start_loader(ssh, group, build_dir, options)
             self.loaders.append(loader)
             loader.wait_ready(timeout=(120.0 if group[0].loader == "bcc" else 20.0)
                               * self.slowdown)
@@ -362,11 +375,19 @@ class _Run:
         """Probes that share one loader: all libbpf ones together, each BCC script alone."""
         groups: dict[str, list[Probe]] = {}
         for probe in self.scenario.probes:
+            if probe.loader in own.TOOL_LOADERS:
+                continue  # they bring their own loader (own.start_tools)
             key = "libbpf" if probe.loader == "libbpf" else f"bcc:{probe.name}"
             groups.setdefault(key, []).append(probe)
         return [tuple(g) for g in groups.values()]
 
     def _detach(self, ssh: Session) -> None:
+        own.stop_tools(ssh, self.tools, self.slowdown)
+        for tool in self.tools:
+            with contextlib.suppress(LabError):
+                self.bundle.write_text(f"output/{tool.probe_name}.txt",
+                                       tool.stdout.decode("utf-8", "replace"))
+                self.bundle.write_text(f"output/{tool.probe_name}.stderr", tool.log)
         for loader in self.loaders:
             with contextlib.suppress(LabError, OSError, paramiko.SSHException, EOFError):
                 loader.stop(ssh, timeout=10.0 * self.slowdown)
@@ -380,16 +401,17 @@ class _Run:
             self.live.setdefault(fn, {})[phase] = value
         self.bundle.write_json("live-text.json", self.live)
 
-    def _events(self, ssh: Session, build_dir: str) -> list[dict[str, object]]:
-        cache = self.settings.home / "btf" / build_dir.rsplit("/", 1)[-1]
-        decoders, names = load_decoders(ssh, self.loaders, build_dir, cache)
-        events, bad = decode_loader_output(self.loaders, decoders, names)
-        self.bundle.write_jsonl("events.jsonl", events)
-        if bad:
-            self.bundle.write_jsonl("events-undecoded.jsonl", bad)
-            console.warn(f"{len(bad)} loader record(s) could not be decoded: kept raw in "
-                         "events-undecoded.jsonl")
-        return events
+    def _events(self, ssh: Session, build_dir: str) -> Decoded:
+        decoded = own.decode(ssh, self.loaders, build_dir, self.settings.home)
+        self.bundle.write_jsonl("events.jsonl", decoded.events)
+        if decoded.maps:
+            self.bundle.write_json("maps.json", decoded.maps)
+        if decoded.notes or decoded.lost:
+            self.bundle.write_json("records-notes.json",
+                                   {"notes": decoded.notes, "lost": decoded.lost})
+            for note in decoded.notes:
+                console.warn(note)
+        return decoded
 
 
 def _bounded(data: bytes, dropped: int) -> str:

@@ -26,6 +26,8 @@ from lab.scenario.model import (
     DEFAULT_USER,
     Alternative,
     EventExpectation,
+    MapExpectation,
+    OutputExpectation,
     Probe,
     Requires,
     Scenario,
@@ -115,9 +117,30 @@ def _build_event(raw: Mapping[str, Any]) -> EventExpectation:
 
 def _build_probes(raw: Sequence[Mapping[str, Any]]) -> tuple[Probe, ...]:
     return tuple(
-        Probe(name=p["name"], source=p["source"], loader=p.get("loader", DEFAULT_LOADER))
+        Probe(name=p["name"], source=p.get("source", ""),
+              loader=p.get("loader", DEFAULT_LOADER), attach=tuple(p.get("attach", ())),
+              globals=MappingProxyType(dict(p.get("globals", {}))),
+              records=MappingProxyType(dict(p.get("records", {}))), script=p.get("script"),
+              command=tuple(p["command"]) if "command" in p else None,
+              build=tuple(p["build"]) if "build" in p else None,
+              ready_timeout=p.get("ready_timeout", 60))
         for p in raw
     )
+
+
+def _build_map(raw: Mapping[str, Any]) -> MapExpectation:
+    equals = raw.get("equals")
+    return MapExpectation(probe=raw["probe"], glob=raw.get("global"), map=raw.get("map"),
+                          key=raw.get("key"),
+                          equals=tuple(equals) if isinstance(equals, list) else equals,
+                          min=raw.get("min"), max=raw.get("max"))
+
+
+def _build_output(raw: Mapping[str, Any]) -> OutputExpectation:
+    count: int | None = raw.get("count")
+    return OutputExpectation(probe=raw["probe"], contains=raw.get("contains"),
+                             regex=raw.get("regex"), count=count,
+                             min=count if count is not None else raw.get("min", DEFAULT_MIN))
 
 
 def _build_alternative(raw: Mapping[str, Any], index: int) -> Alternative:
@@ -137,9 +160,13 @@ def _build_alternative(raw: Mapping[str, Any], index: int) -> Alternative:
 
 
 def _build(data: Mapping[str, Any], path: Path) -> Scenario:
+    needs = data["requires"]
     requires = Requires(
-        kernel=kernel_version(data["requires"]["kernel"]),
-        functions=tuple(data["requires"]["functions"]),
+        kernel=kernel_version(needs["kernel"]),
+        functions=tuple(needs.get("functions", ())),
+        tracepoints=tuple(needs.get("tracepoints", ())),
+        kfuncs=tuple(needs.get("kfuncs", ())),
+        ksyms=tuple(needs.get("ksyms", ())),
     )
     expect: Mapping[str, Any] = data.get("expect", {})
     return Scenario(
@@ -157,6 +184,9 @@ def _build(data: Mapping[str, Any], path: Path) -> Scenario:
             _build_alternative(raw, index)
             for index, raw in enumerate(data["requires"].get("alternatives", ()))
         ),
+        maps=tuple(_build_map(m) for m in expect.get("maps", ())),
+        output=tuple(_build_output(o) for o in expect.get("output", ())),
+        include_lab_processes=bool(expect.get("include_lab_processes", False)),
     )
 
 

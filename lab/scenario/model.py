@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Final, cast
 
@@ -103,13 +103,34 @@ class KernelRange:
 class Requires:
     kernel: tuple[int, ...]
     functions: tuple[str, ...]
+    tracepoints: tuple[str, ...] = ()  # CATEGORY:NAME
+    kfuncs: tuple[str, ...] = ()
+    ksyms: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
 class Probe:
     name: str
-    source: str
-    loader: str
+    source: str  # "" for an inline bpftrace script
+    loader: str  # libbpf | bcc | bpftrace | command
+    #: libbpf: the programs to attach (empty: all); .rodata/.data/.bss initial values;
+    #: the struct each ring or perf buffer's records are, by map name.
+    attach: tuple[str, ...] = ()
+    globals: Mapping[str, Scalar] = field(default_factory=dict)
+    records: Mapping[str, str] = field(default_factory=dict)
+    #: bpftrace: inline program text; command: argv and an optional build argv.
+    script: str | None = None
+    command: tuple[str, ...] | None = None
+    build: tuple[str, ...] | None = None
+    ready_timeout: int = 60
+
+    def tool_argv(self) -> tuple[str, ...]:
+        """bpftrace/command: what runs in the guest, from the uploaded sources' root."""
+        if self.loader == "bpftrace":
+            return ("bpftrace", "-e", self.script) if self.script else ("bpftrace", self.source)
+        if self.command:
+            return self.command
+        return ("python3", self.source) if self.source.endswith(".py") else (f"./{self.source}",)
 
 
 @dataclass(frozen=True)
@@ -133,6 +154,31 @@ class Step:
         if self.argv is not None:
             return self.argv
         return ("sh", "-c", cast(str, self.shell))
+
+
+@dataclass(frozen=True)
+class MapExpectation:
+    probe: str
+    glob: str | None  # a global variable (.bss, .data, .rodata), or
+    map: str | None  # a map (with key)
+    key: Scalar | None
+    equals: Scalar | tuple[Scalar, ...] | None
+    min: int | None
+    max: int | None
+
+    @property
+    def label(self) -> str:
+        where = f"global {self.glob}" if self.glob else f"map {self.map}[{self.key}]"
+        return f"{self.probe} {where}"
+
+
+@dataclass(frozen=True)
+class OutputExpectation:
+    probe: str
+    contains: str | None
+    regex: str | None
+    count: int | None
+    min: int
 
 
 @dataclass(frozen=True)
@@ -195,6 +241,11 @@ class Scenario:
     alternatives: tuple[Alternative, ...] = ()
     #: Set on the scenario returned by :meth:`for_kernel` when an alternative applies.
     variant: Alternative | None = None
+    #: Users' own programs: values in maps and globals, lines a tool printed, and whether
+    #: events of the lab's own processes (its SSH sessions, bpftool, helper) count.
+    maps: tuple[MapExpectation, ...] = ()
+    output: tuple[OutputExpectation, ...] = ()
+    include_lab_processes: bool = False
 
     @property
     def target_functions(self) -> tuple[str, ...]:

@@ -147,26 +147,66 @@ def _probe_errors(
         else:
             probe_lines[name] = doc.line(name_path)
             names.append(name)
-        source: str = probe["source"]
-        loader = probe.get("loader", DEFAULT_LOADER)
-        wanted = "bcc" if source.endswith(".py") else "libbpf"
-        if loader != wanted:
-            kind = ".py" if wanted == "bcc" else ".bpf.c"
-            yield doc.error(
-                (*where, index, "source"),
-                f"a {kind} source needs loader {wanted!r}, but the loader is {loader!r}",
-            )
+        source: str = probe.get("source", "")
+        yield from _loader_errors(probe, (*where, index), doc)
+        if not source:
+            continue
         problem = None if root is None else source_problem(source, root)
         if problem is not None:
             yield doc.error((*where, index, "source"), problem)
 
 
+# What each loader takes from a probe entry (beyond name, source, loader).
+_LOADER_KEYS = {"libbpf": {"attach", "globals", "records"}, "bcc": set(),
+                "bpftrace": {"script", "ready_timeout"},
+                "command": {"command", "build", "ready_timeout"}}
+_SOURCE_ENDINGS = {"libbpf": (".c",), "bcc": (".py",), "bpftrace": (".bt",),
+                   "command": (".c", ".py", ".bt")}
+
+
+def _loader_errors(probe: Mapping[str, Any], where: YamlPath,
+                   doc: YamlDocument) -> Iterator[ScenarioError]:
+    """The source and keys a probe gives must fit its loader."""
+    loader = probe.get("loader", DEFAULT_LOADER)
+    source: str = probe.get("source", "")
+    if source and not source.endswith(_SOURCE_ENDINGS[loader]):
+        wanted = next(name for name, ends in _SOURCE_ENDINGS.items()
+                      if name != "command" and source.endswith(ends))
+        kind = ".py" if wanted == "bcc" else ".bt" if wanted == "bpftrace" else ".bpf.c"
+        yield doc.error((*where, "source"),
+                        f"a {kind} source needs loader {wanted!r}, but the loader is {loader!r}")
+    if not source and not (loader == "bpftrace" and "script" in probe):
+        yield doc.error((*where, "source"), "a probe needs a source (a bpftrace probe may "
+                        "give its program as `script` instead)")
+    if loader == "bpftrace" and source and "script" in probe:
+        yield doc.error((*where, "script"), "give either `source` or `script`, not both")
+    for key in sorted(set(probe) & set().union(*_LOADER_KEYS.values())):
+        if key not in _LOADER_KEYS[loader]:
+            users = [name for name, keys in _LOADER_KEYS.items() if key in keys]
+            yield doc.error((*where, key), f"`{key}` is for loader {' or '.join(users)}, not "
+                            f"{loader!r}")
+
+
 def _event_errors(
     expect: Mapping[str, Any], where: YamlPath, doc: YamlDocument, probe_names: Sequence[str]
 ) -> Iterator[ScenarioError]:
-    for index, event in enumerate(expect.get("events", ())):
-        if event["probe"] not in probe_names:
-            yield doc.error(
-                (*where, "events", index, "probe"),
-                f"unknown probe {event['probe']!r} (probes: {', '.join(probe_names)})",
-            )
+    for kind in ("events", "maps", "output"):
+        for index, entry in enumerate(expect.get(kind, ())):
+            if entry["probe"] not in probe_names:
+                yield doc.error(
+                    (*where, kind, index, "probe"),
+                    f"unknown probe {entry['probe']!r} (probes: {', '.join(probe_names)})",
+                )
+    for index, entry in enumerate(expect.get("maps", ())):
+        if ("global" in entry) == ("map" in entry):
+            yield doc.error((*where, "maps", index), "give exactly one of `global` or `map`")
+        if "key" in entry and "global" in entry:
+            yield doc.error((*where, "maps", index, "key"), "`key` is for a `map`")
+        if not {"equals", "min", "max"} & set(entry):
+            yield doc.error((*where, "maps", index), "give `equals`, or `min` and/or `max`")
+    for index, entry in enumerate(expect.get("output", ())):
+        if ("contains" in entry) == ("regex" in entry):
+            yield doc.error((*where, "output", index),
+                            "give exactly one of `contains` or `regex`")
+        if "count" in entry and "min" in entry:
+            yield doc.error((*where, "output", index), "give `count` or `min`, not both")

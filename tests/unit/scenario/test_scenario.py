@@ -211,7 +211,8 @@ def test_unquoted_kernel_version() -> None:
 def test_enum() -> None:
     text = MINIMAL.replace("bpf.c\n", "bpf.c\n    loader: clang\n")
     assert error_text(text) == (
-        "demo.yaml:9: probes[0].loader: expected one of 'libbpf', 'bcc', got 'clang'"
+        "demo.yaml:9: probes[0].loader: expected one of 'libbpf', 'bcc', 'bpftrace', "
+        "'command', got 'clang'"
     )
 
 
@@ -262,10 +263,10 @@ def test_duplicate_probe_name() -> None:
 
 def test_source_must_be_relative_without_dotdot_and_match_loader() -> None:
     expected = (
-        "demo.yaml:8: probes[0].source: expected a relative path ending in .bpf.c or .py "
+        "demo.yaml:8: probes[0].source: expected a relative path ending in .c, .py or .bt "
         "(not absolute, no '..')"
     )
-    for bad in ("/abs/x.bpf.c", "bpf/../x.bpf.c", "bpf/x.c", "../x.py"):
+    for bad in ("/abs/x.bpf.c", "bpf/../x.bpf.c", "bpf/x.h", "../x.py"):
         assert error_text(MINIMAL.replace("bpf/acl/fentry.bpf.c", bad)) == expected
     text = MINIMAL.replace("bpf/acl/fentry.bpf.c", "bpf/bcc/acl_bcc.py")
     assert error_text(text) == (
@@ -423,3 +424,21 @@ def test_schema_defaults_match_code() -> None:
     assert step["expect_exit"]["default"] == 0
     assert defs["probe"]["properties"]["loader"]["default"] == DEFAULT_LOADER
     assert defs["event"]["properties"]["min"]["default"] == DEFAULT_MIN
+
+
+def test_users_own_programs_validate() -> None:
+    """The shapes of upstream tools: bpftrace, commands, globals, maps and output checks."""
+    for name in ("shapes-buffers", "shapes-maps", "shapes-tracepoint", "shapes-tools"):
+        load_scenario(REPO / "scenarios" / f"{name}.yaml")
+    text = MINIMAL.replace("bpf/acl/fentry.bpf.c", "bpf/shapes/acl.bt")
+    assert error_text(text) == (
+        "demo.yaml:8: probes[0].source: a .bt source needs loader 'bpftrace', but the loader "
+        "is 'libbpf'")
+    script = MINIMAL.replace("source: bpf/acl/fentry.bpf.c",
+                             "loader: bpftrace\n    script: 'BEGIN { exit(); }'")
+    assert parse_scenario(script, "demo.yaml").probes[0].tool_argv() == (
+        "bpftrace", "-e", "BEGIN { exit(); }")
+    wrong = MINIMAL.replace("source: bpf/acl/fentry.bpf.c",
+                            "source: bpf/acl/fentry.bpf.c\n    script: x")
+    assert error_text(wrong) == (
+        "demo.yaml:9: probes[0].script: `script` is for loader bpftrace, not 'libbpf'")
