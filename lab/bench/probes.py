@@ -33,6 +33,7 @@ from lab.run.probes import (
     save_build,
     upload_sources,
 )
+from lab.scenario.model import Probe
 from lab.ssh import Session
 from lab.vm import backend_for
 from lab.vm.base import Backend
@@ -132,7 +133,9 @@ def _bench_lab(settings: Settings, backend: Backend, kernel: dict[str, Any],
                 f"{function} is not a traceable function on kernel {status.kernel_release} "
                 "(not in /sys/kernel/tracing/available_filter_functions: unknown, inlined or "
                 f"notrace). Pick one from that list, e.g. {DEFAULT_FUNCTION}.")
-        tarball = pack_sources(settings.bpf_dir)
+        # Only what the benchmark needs goes into the guest: bpf/bench/ and the Makefile.
+        tarball = pack_sources(settings.bpf_dir,
+                               (Probe("bench", "bpf/bench/probes.bpf.c", "libbpf"),))
         upload_sources(ssh, tarball)
         key = build_key(tarball, image.kernel_release, str(image.manifest["recipe_digest"]))
         program = _build(ssh, settings, key)
