@@ -232,6 +232,23 @@ class QemuBackend:
             run_checked(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b",
                          str(image.disk), str(self.overlay)], what="creating the lab's overlay")
 
+    def _start(self, argv: list[str], image: Image, accel: Accel,
+               port: int) -> tuple[subprocess.Popen[bytes], LabState]:
+        """Spawn qemu on a fresh serial log and QMP socket, and record it at once with its
+        start time: a qemu killed in its first instants (empty /proc/PID/cmdline) is still
+        recognised and stopped."""
+        self.serial_log().write_bytes(b"")
+        self.qmp_socket.unlink(missing_ok=True)
+        started = time.time()
+        proc = self._spawn(argv)
+        state = LabState(name=self.settings.name, backend=self.name, release=image.release,
+                         image=str(image.directory), kernel_release=image.kernel_release,
+                         build_id=image.build_id, accel=accel.name, pid=proc.pid,
+                         pid_start=process_start_time(proc.pid) or 0, wanted=True,
+                         ssh_port=port, started_at=started, argv=argv)
+        state.save(self.state_file)
+        return proc, state
+
     def _spawn(self, argv: list[str]) -> subprocess.Popen[bytes]:
         try:
             with self.qemu_log.open("wb") as log:
@@ -248,18 +265,8 @@ class QemuBackend:
         for attempt in range(3):
             port = free_port()
             argv = self.argv(image, accel, port)
-            serial.write_bytes(b"")
-            self.qmp_socket.unlink(missing_ok=True)
-            started = time.time()
-            proc = self._spawn(argv)
-            # Recorded at once with its start time: a qemu killed in its first instants
-            # (empty /proc/PID/cmdline) is still recognised and stopped.
-            state = LabState(name=self.settings.name, backend=self.name, release=image.release,
-                             image=str(image.directory), kernel_release=image.kernel_release,
-                             build_id=image.build_id, accel=accel.name, pid=proc.pid,
-                             pid_start=process_start_time(proc.pid) or 0, wanted=True,
-                             ssh_port=port, started_at=started, argv=argv)
-            state.save(self.state_file)
+            proc, state = self._start(argv, image, accel, port)
+            started = state.started_at
             try:
                 console.say(f"booting lab {self.settings.name!r} ({image.release}, kernel "
                             f"{image.kernel_release}, {accel.name}); serial log: {serial}")
@@ -306,16 +313,8 @@ class QemuBackend:
         port = free_port()
         boot_id = snapshot.new_boot_id()
         argv = self.argv(image, accel, port) + snapshot.incoming_argv(ready, boot_id)
-        self.serial_log().write_bytes(b"")
-        self.qmp_socket.unlink(missing_ok=True)
-        started = time.time()
-        proc = self._spawn(argv)
-        state = LabState(name=self.settings.name, backend=self.name, release=image.release,
-                         image=str(image.directory), kernel_release=image.kernel_release,
-                         build_id=image.build_id, accel=accel.name, pid=proc.pid,
-                         pid_start=process_start_time(proc.pid) or 0, wanted=True,
-                         ssh_port=port, started_at=started, argv=argv)
-        state.save(self.state_file)
+        proc, state = self._start(argv, image, accel, port)
+        started = state.started_at
         try:
             snapshot.wait_restored(self, proc, snapshot.RESTORE_TIMEOUT_S * accel.slowdown / 4)
             target = self._target(port)

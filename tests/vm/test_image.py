@@ -117,14 +117,15 @@ def test_newest_kernels_run_the_acl_scenarios(tmp_path: Path, release: str) -> N
     if image is None:
         pytest.skip(f"no {release} image in the cache")
     name = f"im-{release.replace('-', '')[:10]}"
-    env = {**os.environ, "FENTRY_LAB_NAME": name, "FENTRY_LAB_RESULTS": str(tmp_path)}
+    env = {**os.environ, "FENTRY_LAB_NAME": name, "FENTRY_LAB_RESULTS": str(tmp_path),
+           "FENTRY_LAB_RELEASE": release}
 
     def invoke(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([INVOKE, *args], cwd=REPO, env=env, capture_output=True,
                               text=True, timeout=900, check=False)
 
     try:
-        up = invoke("lab.up", "--release", release)
+        up = invoke("lab.up")
         assert up.returncode == 0, up.stderr
         for scenario in ("acl-basic", "acl-portable"):
             run = invoke("scenario.run", scenario)
