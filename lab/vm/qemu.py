@@ -317,6 +317,8 @@ class QemuBackend:
         started = state.started_at
         try:
             snapshot.wait_restored(self, proc, snapshot.RESTORE_TIMEOUT_S * accel.slowdown / 4)
+            # After qemu opened (and truncated) its serial file.
+            snapshot.seed_serial_log(ready, self.serial_log())
             target = self._target(port)
             snapshot.fix_guest(target, boot_id)
         except BaseException:

@@ -52,6 +52,7 @@ QEMU = "qemu-system-x86_64"
 STATE = "state.zst"
 DISK = "disk.qcow2"
 MANIFEST = "manifest.json"
+SERIAL = "serial.log"  # the console of the boot the snapshot was taken from
 MARKER = "snapshot"  # in a lab's directory: the snapshot its overlay sits on
 # The migratable shape: virtio-blk root (modules in the initrd), stable eth0 name, and a
 # VM generation ID device whose change on every restore makes the guest kernel reseed its RNG.
@@ -381,6 +382,8 @@ def _migrate_to(lab: LabVm, temp: Path) -> None:
                 time.sleep(0.05)
             # After a completed migration QEMU has flushed and let go of the disk.
             shutil.copyfile(lab.overlay, temp / DISK)
+            with contextlib.suppress(OSError):  # the boot's console, for lab.logs after a restore
+                shutil.copyfile(lab.directory / "serial.log", temp / SERIAL)
             with (temp / DISK).open("rb+") as f:
                 os.fsync(f.fileno())
             with state.open("rb") as f:
@@ -498,3 +501,14 @@ def fix_guest(target: SshTarget, boot_id: uuid.UUID | None) -> None:
     if result.out.split()[-1:] == ["kept"]:
         console.warn("the restored guest kept the snapshot's boot ID (it could not be "
                      "replaced in the saved memory)")
+
+
+def seed_serial_log(snapshot: Path, serial: Path) -> None:
+    """A restored lab's serial log: the snapshot's boot console, then a line saying so."""
+    with contextlib.suppress(OSError):
+        boot = (snapshot / SERIAL).read_bytes() if (snapshot / SERIAL).exists() else b""
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        with serial.open("ab") as log:
+            log.write(boot + f"fentry-lab: ready (restored from snapshot {snapshot.name} at "
+                             f"{stamp}; any lines above are the boot it was taken "
+                             "from)\n".encode())
