@@ -270,8 +270,12 @@ class _Run:
                         f"{step.expect_exit}): {result.err.strip()[:500] or '(no stderr)'}")
 
         def attach() -> None:
-            self._attach(ssh, build_dir)
-            self.tools = own.start_tools(ssh, self.scenario.probes, self.slowdown)
+            try:
+                self._attach(ssh, build_dir)
+                self.tools = own.start_tools(ssh, self.scenario.probes, self.slowdown)
+            except BaseException:  # a half attach: detach what did, keep the loader's log
+                self._detach(ssh)
+                raise
             self._record_live(guest.peek(list(self.scenario.collect.live_text)), "attached")
 
         def steps() -> None:
