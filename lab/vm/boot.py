@@ -14,8 +14,9 @@ from lab.vm.accel import Accel
 # The guest's fentry-lab-ready unit prints this on the serial console once sshd listens.
 READY = re.compile(rb"fentry-lab: ready uptime=(\S+) kernel=(\S+) notes=([A-Za-z0-9+/=]+)\r?\n")
 # What a dying guest prints on the serial console.
+# (With an initramfs, a root that never shows up ends in the initramfs's own panic.)
 FATAL = re.compile(rb"(Kernel panic - not syncing.*|Oops: .*|BUG: kernel NULL pointer.*|"
-                   rb"end Kernel panic.*|Kernel Offset: .*)")
+                   rb"end Kernel panic.*|Kernel Offset: .*|Gave up waiting for root .*)")
 BOOT_TIMEOUT_S = 45.0  # at KVM speed; multiplied by the accelerator's slowdown
 
 
