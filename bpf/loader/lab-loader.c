@@ -49,6 +49,17 @@
 #include <bpf/btf.h>
 #include <bpf/libbpf.h>
 
+/*
+ * libbpf 0.8 (bookworm has 1.1) brought what the globals, program choice and the
+ * perf-buffer call below use; bullseye's 0.3 predates libbpf_version.h. There the
+ * loader still streams buffers and dumps maps, but cannot set globals.
+ */
+#if defined(LIBBPF_MAJOR_VERSION) && (LIBBPF_MAJOR_VERSION > 0 || LIBBPF_MINOR_VERSION >= 8)
+#define LAB_NEW_LIBBPF 1
+#else
+#define LAB_NEW_LIBBPF 0
+#endif
+
 #define MAX_OBJS 64
 #define MAX_OPTS 64
 #define MAX_BUFS 64
@@ -239,7 +250,14 @@ static int apply_setting(struct bpf_object *obj, const char *spec)
 		fprintf(stderr, "lab-loader: no global variable %s in this object\n", name);
 		return -ENOENT;
 	}
+#if LAB_NEW_LIBBPF
 	image = bpf_map__initial_value(map, &total);
+#else
+	(void)total;
+	image = NULL;
+	fprintf(stderr, "lab-loader: this libbpf is too old to set globals (needs 0.8+)\n");
+	return -ENOTSUP;
+#endif
 	if (!image || len / 2 > size || offset + len / 2 > total) {
 		fprintf(stderr, "lab-loader: the value for %s does not fit its %u bytes\n", name,
 			size);
@@ -263,7 +281,11 @@ static int wanted(const struct object_opts *o, const struct bpf_program *prog)
 	int i;
 
 	if (o->nprogs == 0)
+#if LAB_NEW_LIBBPF
 		return bpf_program__autoattach(prog);
+#else
+		return 1;
+#endif
 	for (i = 0; i < o->nprogs; i++)
 		if (strcmp(o->progs[i], bpf_program__name(prog)) == 0)
 			return 1;
@@ -547,9 +569,20 @@ int main(int argc, char **argv)
 							       src);
 				}
 			} else {
+#if LAB_NEW_LIBBPF
 				perfs[nperfs] = perf_buffer__new(bpf_map__fd(map), PERF_PAGES,
 								 on_perf_sample, on_perf_lost, src,
 								 NULL);
+#else
+				{
+					struct perf_buffer_opts pb = { .sample_cb = on_perf_sample,
+								       .lost_cb = on_perf_lost,
+								       .ctx = src };
+
+					perfs[nperfs] = perf_buffer__new(bpf_map__fd(map), PERF_PAGES,
+									 &pb);
+				}
+#endif
 				err = perfs[nperfs] ? 0 : -errno;
 				if (!err)
 					nperfs++;
