@@ -87,8 +87,10 @@ def guest_command(step: Step) -> list[str]:
     return ["runuser", "-u", step.user, "--", *step.command]
 
 
-def run_lock(settings: Settings) -> contextlib.AbstractContextManager[None]:
-    return file_lock(settings.labs_dir / settings.name / "run.lock", wait=True,
+def run_lock(settings: Settings, backend: Backend) -> contextlib.AbstractContextManager[None]:
+    """One `scenario run` per lab at a time; the lock lives in the backend's lab directory,
+    so `lab.destroy` removes it with the lab."""
+    return file_lock(backend.lab_dir / "run.lock", wait=True,
                      busy=f"another `scenario run` is using lab {settings.name!r}: waiting "
                           "for it to finish")
 
@@ -118,7 +120,7 @@ def run_scenario(settings: Settings, scenario: Scenario, backend: Backend) -> Ou
             "lab": settings.name, "release": settings.release,
             "started": started_at.isoformat(timespec="seconds")})
         run = _Run(settings, scenario, bundle, phases)
-        with run_lock(settings):
+        with run_lock(settings, backend):
             check_release(settings, backend.status())
             with phases("lab"):
                 running = backend.up()

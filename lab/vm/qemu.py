@@ -75,7 +75,9 @@ def qemu_argv(*, image: Image, overlay: Path, accel: Accel, cpus: int, memory: i
         # off from the host (10.0.2.2 reaches nothing) and the outside world.
         "-netdev", f"user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:{ssh_port}-:22",
         "-device", "virtio-net-pci,netdev=net0,romfile=",  # no PXE ROM: direct kernel boot
-        "-serial", f"file:{opt(serial_log)}",
+        # append=on: the log may start with a restored snapshot's boot console.
+        "-chardev", f"file,id=console,path={opt(serial_log)},append=on",
+        "-serial", "chardev:console",
         "-qmp", f"unix:{opt(qmp_socket)},server=on,wait=off",
         "-display", "none", "-monitor", "none", "-no-reboot",
     ]
@@ -232,12 +234,12 @@ class QemuBackend:
             run_checked(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b",
                          str(image.disk), str(self.overlay)], what="creating the lab's overlay")
 
-    def _start(self, argv: list[str], image: Image, accel: Accel,
-               port: int) -> tuple[subprocess.Popen[bytes], LabState]:
-        """Spawn qemu on a fresh serial log and QMP socket, and record it at once with its
-        start time: a qemu killed in its first instants (empty /proc/PID/cmdline) is still
-        recognised and stopped."""
-        self.serial_log().write_bytes(b"")
+    def _start(self, argv: list[str], image: Image, accel: Accel, port: int,
+               serial_seed: bytes = b"") -> tuple[subprocess.Popen[bytes], LabState]:
+        """Spawn qemu on a fresh serial log (starting with serial_seed; qemu appends) and QMP
+        socket, and record it at once with its start time: a qemu killed in its first
+        instants (empty /proc/PID/cmdline) is still recognised and stopped."""
+        self.serial_log().write_bytes(serial_seed)
         self.qmp_socket.unlink(missing_ok=True)
         started = time.time()
         proc = self._spawn(argv)
@@ -313,12 +315,11 @@ class QemuBackend:
         port = free_port()
         boot_id = snapshot.new_boot_id()
         argv = self.argv(image, accel, port) + snapshot.incoming_argv(ready, boot_id)
-        proc, state = self._start(argv, image, accel, port)
+        proc, state = self._start(argv, image, accel, port,
+                                  serial_seed=snapshot.serial_seed(ready))
         started = state.started_at
         try:
             snapshot.wait_restored(self, proc, snapshot.RESTORE_TIMEOUT_S * accel.slowdown / 4)
-            # After qemu opened (and truncated) its serial file.
-            snapshot.seed_serial_log(ready, self.serial_log())
             target = self._target(port)
             snapshot.fix_guest(target, boot_id)
         except BaseException:

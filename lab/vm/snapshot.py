@@ -503,12 +503,13 @@ def fix_guest(target: SshTarget, boot_id: uuid.UUID | None) -> None:
                      "replaced in the saved memory)")
 
 
-def seed_serial_log(snapshot: Path, serial: Path) -> None:
-    """A restored lab's serial log: the snapshot's boot console, then a line saying so."""
-    with contextlib.suppress(OSError):
+def serial_seed(snapshot: Path) -> bytes:
+    """How a restored lab's serial log starts: the snapshot's boot console, then a line
+    saying so (qemu appends the restored guest's console after it)."""
+    try:
         boot = (snapshot / SERIAL).read_bytes() if (snapshot / SERIAL).exists() else b""
-        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-        with serial.open("ab") as log:
-            log.write(boot + f"fentry-lab: ready (restored from snapshot {snapshot.name} at "
-                             f"{stamp}; any lines above are the boot it was taken "
-                             "from)\n".encode())
+    except OSError:
+        boot = b""
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+    return boot + (f"fentry-lab: ready (restored from snapshot {snapshot.name} at {stamp}; "
+                   "any lines above are the boot it was taken from)\n").encode()

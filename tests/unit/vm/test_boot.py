@@ -62,7 +62,7 @@ def test_restricted_network_and_escaped_commas(tmp_path: Path) -> None:
     assert "hostfwd=tcp:127.0.0.1:40022-:22" in netdev
     drive = option(argv, "-drive")
     assert drive.startswith(f"file={tmp_path}/a,,b/labs/default/overlay.qcow2,if=none")
-    assert option(argv, "-serial").endswith("a,,b/labs/default/serial.log")
+    assert option(argv, "-chardev").endswith("a,,b/labs/default/serial.log,append=on")
 
 
 def test_no_free_port_is_a_lab_failure(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -71,7 +71,9 @@ def test_argv_basics(tmp_path: Path) -> None:
     overlay = tmp_path / "labs" / "mylab" / "overlay.qcow2"
     assert option(argv, "-drive") == (
         f"file={overlay},if=none,id=root,format=qcow2,discard=unmap")
-    assert option(argv, "-serial") == f"file:{tmp_path / 'labs' / 'mylab' / 'serial.log'}"
+    serial = tmp_path / "labs" / "mylab" / "serial.log"
+    assert option(argv, "-chardev") == f"file,id=console,path={serial},append=on"
+    assert option(argv, "-serial") == "chardev:console"
     qmp = tmp_path / "labs" / "mylab" / "qmp.sock"
     assert option(argv, "-qmp") == f"unix:{qmp},server=on,wait=off"
     assert option(argv, "-display") == "none"
