@@ -317,9 +317,10 @@ def objdump_function(vmlinux: str, fn: str) -> str:
 
 
 def bpftrace_lv(fn: str) -> str:
-    # bpftrace 0.20 renamed kfunc: to fentry:; older versions abort on fentry:.
+    # bpftrace 0.20 renamed kfunc:/kretfunc: to fentry:/fexit: (older ones abort on those);
+    # fexit: because bpftrace 0.27 lists retval (the return type) only there.
     version = kernel_version(tool_version(["bpftrace", "--version"]).replace("bpftrace v", ""))
-    kind = "fentry" if version >= [0, 20] else "kfunc"
+    kind = "fexit" if version >= [0, 20] else "kfunc"
     out = subprocess.run(["bpftrace", "-lv", f"{kind}:{fn}"], capture_output=True, text=True,
                          check=False)
     return f"# bpftrace -lv '{kind}:{fn}'\n{out.stdout}{out.stderr}"

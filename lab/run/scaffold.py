@@ -54,7 +54,9 @@ def parse_listing(function: str, text: str) -> Signature:
     params: list[Param] = []
     returns = ""
     for line in lines[1:]:
-        decl = line.strip()
+        if not line[:1].isspace():  # bpftrace's own notes ("BTF: using data from ...")
+            continue
+        decl = line.strip().rstrip(";")  # bpftrace before 0.17 ends each with ';'
         type_, _, name = decl.rpartition(" ")
         type_ = type_.strip()
         if name == "retval":
@@ -243,9 +245,10 @@ def new_scenario(settings: Settings, name: str, function: str, *, fexit: bool,
     skeleton into the user's own scenarios/ and bpf/ (the current directory's)."""
     backend = backend_for(settings)
     with Session(backend.up().target) as ssh:
-        probe = "kprobe" if kprobe else "fentry"
-        listing = ssh.run(["sh", "-c", f"bpftrace -lv '{probe}:{function}' 2>/dev/null || "
+        # fexit: lists the argument names and, unlike fentry: on bpftrace 0.27, retval;
+        # bpftrace before 0.20 knows it as kfunc:.
+        listing = ssh.run(["sh", "-c", f"bpftrace -lv 'fexit:{function}' 2>/dev/null || "
                            f"bpftrace -lv 'kfunc:{function}'"], timeout=300)
-    sig = parse_listing(function, listing.out.replace("kfunc:", "fentry:"))
+    sig = parse_listing(function, listing.out)
     return write_scaffold(name, sig, settings.scenarios, settings.probes,
                           fexit=fexit, kprobe=kprobe)

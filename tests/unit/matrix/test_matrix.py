@@ -244,6 +244,9 @@ def test_signature_from_every_bpftrace() -> None:
            "    int retval\n")
     assert signature_from_bpftrace("do_set_acl", new) == (
         "int do_set_acl(const char *acl_name, size_t size)")
+    # bpftrace 0.27 lists retval under fexit: only, which is why the guest asks for it.
+    fexit = "fexit:vmlinux:do_set_acl\n    size_t size\n    int retval\n"
+    assert signature_from_bpftrace("do_set_acl", fexit) == "int do_set_acl(size_t size)"
     void = "kfunc:vmlinux:f\n    struct file * file\n"
     assert signature_from_bpftrace("f", void) == "void f(struct file *file)"
     assert signature_from_bpftrace("g", "kfunc:vmlinux:g\n") == "void g(void)"

@@ -29,6 +29,13 @@ def test_signature_from_the_listing() -> None:
     assert [p.name for p in sig.params if p.scalar] == ["size"]
 
 
+def test_old_bpftrace_kfunc_listing_gives_the_same_signature() -> None:
+    old = "kfunc:ext4_set_acl\n    struct inode * inode;\n    int type;\n    int retval;\n"
+    old += "BTF: using data from /sys/kernel/btf/vmlinux\n"
+    sig = parse_listing("ext4_set_acl", old)
+    assert [p.name for p in sig.params] == ["inode", "type"] and sig.returns == "int"
+
+
 def test_an_absent_function_is_a_preflight_error() -> None:
     with pytest.raises(PreflightError, match="no traceable function `nope`"):
         parse_listing("nope", "")
