@@ -1,8 +1,11 @@
 """Run the probe-cost benchmark on one lab, mode by mode, and on several kernels in turn.
 
 The guest program (bpf/bench/bench.c + probes.bpf.c) is built once per sources and kernel,
-like the scenario probes, and cached on the host. Each mode is one run of it, so a lab that
-dies mid-benchmark leaves the modes already measured in bench.json.
+like the scenario probes, and cached on the host. The samples are taken in rounds: each
+round runs every mode once (one sample each), so a host whose speed drifts (these machines
+are shared) slows a round's base and its probes alike, and each mode's cost is the median
+of its per-round differences with that round's base. bench.json is saved after every
+sample, so a lab that dies mid-benchmark leaves the rounds already measured.
 """
 
 from __future__ import annotations
@@ -140,12 +143,19 @@ def _bench_lab(settings: Settings, backend: Backend, kernel: dict[str, Any],
         key = build_key(tarball, image.kernel_release, str(image.manifest["recipe_digest"]))
         program = _build(ssh, settings, key)
         kernel["cpus"] = ssh.run("nproc", timeout=30).out.strip()
-        for mode in MODES:
-            console.say(f"bench {status.release}: {mode}")
-            kernel["modes"].append(_one_mode(ssh, program, mode, kernel["trigger"], function,
-                                             (samples, sample_ms, warmup_ms)))
-            _refresh(kernel)
-            save()
+        rounds: dict[str, list[dict[str, Any]]] = {mode: [] for mode in MODES}
+        for number in range(1, samples + 1):
+            for mode in MODES:
+                if rounds[mode] and rounds[mode][-1].get("status") != "measured":
+                    continue  # skipped or failed once: the kernel will not change its mind
+                console.say(f"bench {status.release}: round {number}/{samples}: {mode}")
+                rounds[mode].append(_one_sample(ssh, program, mode, kernel["trigger"],
+                                                function, (sample_ms, warmup_ms)))
+                kernel["modes"] = [_merged(m, raws, kernel["trigger"], function)
+                                   for m, raws in rounds.items() if raws]
+                kernel["rounds"] = number
+                _refresh(kernel)
+                save()
 
 
 def _build(ssh: Session, settings: Settings, key: str) -> str:
@@ -173,11 +183,12 @@ def _build(ssh: Session, settings: Settings, key: str) -> str:
     return program
 
 
-def _one_mode(ssh: Session, program: str, mode: str, trigger: str, function: str,
-              timing: tuple[int, int, int]) -> dict[str, Any]:
-    samples, sample_ms, warmup_ms = timing
-    argv = [program, function, trigger, mode, str(samples), str(sample_ms), str(warmup_ms)]
-    result = ssh.run(argv, timeout=60 + samples * sample_ms / 1000 * 2)
+def _one_sample(ssh: Session, program: str, mode: str, trigger: str, function: str,
+                timing: tuple[int, int]) -> dict[str, Any]:
+    """One run of the guest tool: attach the mode, warm up, take one sample, detach."""
+    sample_ms, warmup_ms = timing
+    argv = [program, function, trigger, mode, "1", str(sample_ms), str(warmup_ms)]
+    result = ssh.run(argv, timeout=60 + sample_ms / 1000 * 2)
     lines = [line for line in result.out.splitlines() if line.startswith("{")]
     try:
         raw: dict[str, Any] = json.loads(lines[-1]) if lines else {}
@@ -187,19 +198,36 @@ def _one_mode(ssh: Session, program: str, mode: str, trigger: str, function: str
         reason = (f"the benchmark exited {result.exit_status}"
                   f"{' (timed out)' if result.timed_out else ''}: {result.err.strip()[-500:]}")
         return {"mode": mode, "status": "failed", "reason": reason, "raw": raw}
+    return raw
+
+
+def _merged(mode: str, raws: list[dict[str, Any]], trigger: str,
+            function: str) -> dict[str, Any]:
+    """A mode's rounds as one record: samples in round order, calls and hits summed."""
+    last = raws[-1]
+    if "raw" in last:  # the tool itself failed: keep what it said
+        return last
+    if last.get("status") != "measured":  # this kernel does not offer the mode
+        return parse_mode(last).as_dict() | {"raw": last}
+    hits: dict[str, int] = {}
+    for r in raws:
+        for name, count in dict(r.get("hits", {})).items():
+            hits[str(name)] = hits.get(str(name), 0) + int(count)
+    raw = {"mode": mode, "status": "measured",
+           "samples": [s for r in raws for s in r.get("samples", [])],
+           "calls": sum(int(r.get("calls", 0)) for r in raws), "hits": hits}
     figures = parse_mode(raw)
-    out = figures.as_dict()
-    out["raw"] = raw
     if figures.status == "failed" and mode != "base" and not any(figures.hits.values()):
-        out["reason"] = (f"no hits at all: the {trigger} loop does not reach {function}, or "
-                         "the probe never fired")
-    return out
+        figures = dataclasses.replace(figures, reason=(
+            f"no hits at all: the {trigger} loop does not reach {function}, or the probe "
+            "never fired"))
+    return figures.as_dict() | {"raw": raw, "rounds": len(raws)}
 
 
 def _refresh(kernel: dict[str, Any]) -> None:
     """Recompute added ns and ratio to kprobe over the modes measured so far."""
     modes = kernel["modes"]
-    figures = compare([_figures(m) for m in modes])
+    figures = compare([_figures(m) for m in modes], paired=True)
     for m, f in zip(modes, figures, strict=True):
         m["added_ns"] = None if f.added_ns is None else round(f.added_ns, 2)
         m["ratio_to_kprobe"] = None if f.ratio_to_kprobe is None else round(f.ratio_to_kprobe, 3)

@@ -50,7 +50,14 @@ def reference_rows() -> list[tuple[str, ...]]:
 def _title(kernel: Mapping[str, Any]) -> str:
     return (f"{kernel.get('release', '?')} (kernel {kernel.get('kernel', '?')}, "
             f"{kernel.get('accel', '?')}): {kernel.get('function', '?')} via "
-            f"{kernel.get('trigger', '?')}, {kernel.get('samples', '?')} samples")
+            f"{kernel.get('trigger', '?')}, {_samples(kernel)}")
+
+
+def _samples(kernel: Mapping[str, Any]) -> str:
+    if "rounds" in kernel:  # one sample of every mode per round, ns added paired by round
+        return (f"{kernel['rounds']} of {kernel.get('samples', '?')} rounds of one sample per "
+                "mode (ns added: median of each round's difference with its base)")
+    return f"{kernel.get('samples', '?')} samples"
 
 
 def text_report(result: Mapping[str, Any]) -> str:

@@ -82,8 +82,13 @@ def parse_mode(raw: Mapping[str, Any]) -> ModeFigures:
     return figures
 
 
-def compare(modes: Sequence[ModeFigures]) -> list[ModeFigures]:
-    """Fill in ns added per call against base and the ratio of that to kprobe's."""
+def compare(modes: Sequence[ModeFigures], *, paired: bool = False) -> list[ModeFigures]:
+    """Fill in ns added per call against base and the ratio of that to kprobe's.
+
+    paired: the i-th sample of every mode was taken in the same round (see lab/bench/probes);
+    a mode's cost is then the median of its per-round differences with that round's base,
+    which cancels a drift of the host's speed between rounds.
+    """
     by_mode = {m.mode: m for m in modes}
     base = by_mode.get("base")
     if base is None or base.status != "measured" or not base.median:
@@ -92,6 +97,10 @@ def compare(modes: Sequence[ModeFigures]) -> list[ModeFigures]:
     def added(m: ModeFigures) -> float | None:
         if m.status != "measured" or not m.median:
             return None
+        if paired and m.mode != "base":
+            pairs = [1e9 / r - 1e9 / b for r, b in zip(m.rates, base.rates, strict=False)]
+            if pairs:
+                return statistics.median(pairs)
         return 1e9 / m.median - 1e9 / base.median
 
     kprobe = by_mode.get("kprobe")

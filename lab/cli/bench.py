@@ -10,7 +10,7 @@ from lab.cli.common import LAB_FLAGS, emit, friendly_errors, lab_task, settings_
 
 @lab_task(help={"function": "Kernel function to probe (default __x64_sys_getpgid; "
                             "__set_task_comm uses a prctl(PR_SET_NAME) loop)",
-                "samples": "Samples of about a second per mode (default 5)",
+                "samples": "Rounds (default 5) of one sample of about a second per mode",
                 "releases": "Compare kernels: comma-separated releases, one lab each "
                             "(destroyed afterwards)",
                 "name": LAB_FLAGS["name"], "release": LAB_FLAGS["release"],

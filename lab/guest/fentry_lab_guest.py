@@ -62,14 +62,29 @@ def kernel_facts() -> dict[str, object]:
         "release": release,
         "version": kernel_version(release),
         "btf": Path("/sys/kernel/btf/vmlinux").exists(),
+        # The kernel clears the flag when IBT is off (no CPU support, or ibt=off): a
+        # config of y alone does not say endbr64 is enforced.
+        "ibt_active": "ibt" in cpu_flags(),
         "config": {k: config.get(k, "n") for k in CONFIG_FLAGS},
         "build_id_running": running_id,
         "build_id_debug_vmlinux": debug_id,
         "debug_vmlinux": str(debug_vmlinux) if debug_vmlinux.exists() else None,
         "tools": {name: tool_version(argv) for name, argv in
                   {"bpftrace": ["bpftrace", "--version"], "bpftool": ["bpftool", "version"],
-                   "clang": ["clang", "--version"]}.items()},
+                   "clang": ["clang", "--version"],
+                   "libbpf": ["dpkg-query", "-W", "-f", "libbpf ${Version}", "libbpf-dev"],
+                   }.items()},
     }
+
+
+def cpu_flags() -> set[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.partition(":")[2].split())
+    except OSError:
+        pass
+    return set()
 
 
 def tool_version(argv: list[str]) -> str:

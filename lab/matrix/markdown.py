@@ -42,6 +42,17 @@ def _bpftrace_text(row: ReleaseRow) -> str | None:
     return f"{text} ({kind}:)" if text and kind else text or None
 
 
+def ibt_text(row: ReleaseRow) -> str | None:
+    """Built in or not, and whether the running kernel enforces it."""
+    if row.ibt is None:
+        return "?"
+    if not row.ibt:
+        return "no"
+    if row.ibt_active is None:
+        return "built in"
+    return "built in, active" if row.ibt_active else "built in, not active (CPU)"
+
+
 def render_markdown(matrix: Matrix) -> str:
     rows = matrix.releases
     lines = [f"# Kernel matrix: {matrix.scenario}", ""]
@@ -49,14 +60,16 @@ def render_markdown(matrix: Matrix) -> str:
                  f"(the releases' own times add up to {matrix.sum_of_releases_s} s; images "
                  f"{matrix.images_s} s).")
     lines += ["", "| release | kernel | BTF | fentry/fexit trampolines | IBT | bpftrace "
-              "| variant | scenario |", "|---|---|---|---|---|---|---|---|"]
+              "| libbpf | variant | scenario |", "|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         tramp = row.trampolines
         tramp_text = "?" if tramp is None else (
             f"{'yes' if tramp.supported else 'no'} ({tramp.why})")
         lines.append(f"| {row.release} | {_cell(row.kernel)} | {_yes_no(row.btf)} "
-                     f"| {_cell(tramp_text)} | {_yes_no(row.ibt)} | "
-                     f"{_cell(_bpftrace_text(row))} | {_cell(row.variant)} | "
+                     f"| {_cell(tramp_text)} | {_cell(ibt_text(row))} | "
+                     f"{_cell(_bpftrace_text(row))} | "
+                     f"{_cell(str(row.libbpf or '').removeprefix('libbpf ') or None)} | "
+                     f"{_cell(row.variant)} | "
                      f"{_status_cell(row)} |")
     lines += ["", "## `__fentry__` (static, debug vmlinux)", "",
               "| release | bytes | instructions |", "|---|---|---|"]

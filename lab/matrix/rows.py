@@ -45,8 +45,10 @@ class ReleaseRow:
     version: list[int] | None
     btf: bool | None
     trampolines: Trampolines | None
-    ibt: bool | None
+    ibt: bool | None  # CONFIG_X86_KERNEL_IBT=y
+    ibt_active: bool | None  # the running kernel enforces it (None: not recorded)
     bpftrace: str | None
+    libbpf: str | None
     bpftrace_probe: str | None
     fentry_static: Insns | None
     variant: str | None

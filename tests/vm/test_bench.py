@@ -91,7 +91,7 @@ def test_a_lab_that_dies_mid_benchmark_keeps_the_modes_measured(bench: Bench) ->
     try:
         assert proc.stderr is not None
         for line in proc.stderr:
-            if "bench trixie: fexit" in line:
+            if "bench trixie: round 1/2: fexit" in line:
                 break
         time.sleep(1)
         for pid in qemu_pids(str(bench.lab_dir)):  # the lab this module started
@@ -106,3 +106,4 @@ def test_a_lab_that_dies_mid_benchmark_keeps_the_modes_measured(bench: Bench) ->
     assert result["status"] == "error" and result["error"]
     measured = [m["mode"] for m in result["kernels"][0]["modes"]]
     assert measured[:2] == ["base", "fentry"]
+    assert result["kernels"][0]["rounds"] == 1

@@ -11,7 +11,7 @@ import pytest
 
 from lab.bench.probes import trigger_for
 from lab.bench.render import TCG_NOTE, markdown_report, svg_chart, text_report
-from lab.bench.stats import figures_from, parse_mode
+from lab.bench.stats import compare, figures_from, parse_mode
 
 RECORDED = Path(__file__).with_name("recorded-bench.json")
 
@@ -123,3 +123,38 @@ def test_a_bad_function_name_is_refused_before_any_lab(bad: str, tmp_path: Path)
     with pytest.raises(UsageError, match="not a kernel function name"):
         run_bench(Settings(results=tmp_path), function=bad, backend_factory=no_lab)
     assert not (tmp_path / "bench").exists()
+
+
+def test_paired_rounds_cancel_a_drifting_host() -> None:
+    """Round 2 runs everything at half speed: paired, the cost per call stays that of each
+    round's own base; unpaired medians would mix the rounds."""
+    def line(mode: str, rates: list[float]) -> dict[str, Any]:
+        calls = [int(r) for r in rates]
+        return {"mode": mode, "status": "measured", "calls": sum(calls),
+                "samples": [{"calls": c, "ns": 1e9} for c in calls],
+                "hits": {mode: sum(calls)} if mode != "base" else {}}
+
+    # Round 1: base 100 ns, kprobe 200 ns; round 2 (host twice slower): 200 and 400 ns;
+    # round 3 like round 1. Paired: kprobe adds 100, 200, 100 -> median 100.
+    raws = [line("base", [10e6, 5e6, 10e6]), line("kprobe", [5e6, 2.5e6, 5e6])]
+    paired = {f.mode: f for f in compare([parse_mode(r) for r in raws], paired=True)}
+    assert paired["kprobe"].added_ns == pytest.approx(100.0)
+    assert paired["kprobe"].ratio_to_kprobe == pytest.approx(1.0)
+    assert paired["base"].added_ns == 0
+
+
+def test_rounds_merge_into_one_mode_and_say_so() -> None:
+    from lab.bench.probes import _merged
+
+    one = {"mode": "fentry", "status": "measured", "calls": 10,
+           "samples": [{"calls": 10, "ns": 1e3}], "hits": {"fentry": 10}}
+    merged = _merged("fentry", [one, one | {"calls": 20, "hits": {"fentry": 20},
+                                            "samples": [{"calls": 20, "ns": 1e3}]}],
+                     "getpgid", "__x64_sys_getpgid")
+    assert merged["rounds"] == 2 and merged["calls"] == 30 and merged["verified"]
+    assert merged["rates"] == [1e7, 2e7]
+    skipped = _merged("raw-tp", [{"mode": "raw-tp", "status": "skipped", "reason": "no"}],
+                      "getpgid", "__x64_sys_getpgid")
+    assert skipped["status"] == "skipped" and skipped["reason"] == "no"
+    missed = one | {"hits": {"fentry": 0}}
+    assert "no hits at all" in _merged("fentry", [missed], "getpgid", "f")["reason"]

@@ -6,6 +6,7 @@ bookworm and trixie under TCG, trimmed to the files the table is built from.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -151,7 +152,7 @@ def test_markdown(matrix: dict[str, Any]) -> None:
     lines = text.splitlines()
     assert lines[0] == "# Kernel matrix: acl-portable"
     assert ("| bullseye | 5.10.0-32-cloud-amd64 | yes | yes (5.10 >= 5.5, "
-            "DYNAMIC_FTRACE_WITH_DIRECT_CALLS=y, BPF_JIT=y) | no | v0.11.3 (kfunc:) | "
+            "DYNAMIC_FTRACE_WITH_DIRECT_CALLS=y, BPF_JIT=y) | no | v0.11.3 (kfunc:) | - | "
             "requires.alternatives[1] (kernel < 5.12) | passed (10/10 expectations) |") in lines
     assert ("| bookworm | no | - | - | - | - | not applicable: do_set_acl absent from "
             "6.1.0-50-cloud-amd64 (do_set_acl was added in 6.2; setfacl reaches "
@@ -163,7 +164,7 @@ def test_markdown(matrix: dict[str, Any]) -> None:
            "nop x9; jmp __x86_return_thunk |" in lines
     assert "## `do_set_acl`" in lines and "## `ext4_set_acl`" in lines
     assert "| trixie | 7.0 | 8.7 | 25.8 | 0.1 | 41.6 |" in lines
-    assert all(line.count("|") in (0, 9, 8, 4, 7) or not line.startswith("|")
+    assert all(line.count("|") in (0, 10, 8, 4, 7) or not line.startswith("|")
                for line in lines)
 
 
@@ -186,7 +187,7 @@ def test_table_survives_missing_and_not_applicable_releases(tmp_path: Path) -> N
     assert trixie["functions"]["do_set_acl"]["live_attached"] is None
     assert trixie["functions"]["ext4_set_acl"]["note"] == "present"
     text = render_markdown(table)
-    assert "| bookworm | - | ? | ? | ? | - | - | lab error: qemu exited |" in text
+    assert "| bookworm | - | ? | ? | ? | - | - | - | lab error: qemu exited |" in text
     assert "not applicable: do_set_acl is absent in X |" in text
     assert MatrixRun(run, matrix, text).exit_code == 2
     # A release that left nothing at all is a lab error too, not a crash.
@@ -233,6 +234,16 @@ def test_merge_runs_from_several_machines(tmp_path: Path, matrix: dict[str, Any]
 
 
 # --------------------------------------------------------------------------- parsing
+
+
+def test_ibt_cell_says_whether_the_kernel_enforces_it() -> None:
+    from lab.matrix.markdown import ibt_text
+
+    base = read_matrix(RECORDED).releases[0]
+    cells = [ibt_text(dataclasses.replace(base, ibt=ibt, ibt_active=active))
+             for ibt, active in [(None, None), (False, False), (True, None), (True, True),
+                                 (True, False)]]
+    assert cells == ["?", "no", "built in", "built in, active", "built in, not active (CPU)"]
 
 
 def test_signature_from_every_bpftrace() -> None:
