@@ -255,6 +255,14 @@ class Session:
             sftp.get(remote, str(local))
 
 
+def drain(channel: paramiko.Channel, stdout: bytearray, stderr: bytearray) -> None:
+    """Append what a background command's channel has ready, without waiting for more."""
+    while channel.recv_ready():
+        stdout += channel.recv(65536)
+    while channel.recv_stderr_ready():
+        stderr += channel.recv_stderr(65536)
+
+
 def _pump(channel: paramiko.Channel, out: _Collector, err: _Collector, deadline: float,
           stdin: bytes) -> bool:
     """Feed stdin and read both streams until the command ends; True on the deadline.

@@ -24,7 +24,7 @@ import paramiko
 from lab.errors import LabFailure, ProbeLoadError, ScenarioError
 from lab.run.guest import DISK_FULL, GUEST_ROOT, GUEST_SRC, guest_disk_full
 from lab.scenario.model import Probe
-from lab.ssh import Session
+from lab.ssh import Session, drain
 
 __all__ = ["GUEST_ROOT", "GUEST_SRC", "ProbeLoadError"]
 GUEST_BUILD = "/var/cache/fentry-lab/build"
@@ -183,10 +183,7 @@ class RunningLoader:
     stderr: bytearray = field(default_factory=bytearray)
 
     def pump(self) -> None:
-        while self.channel.recv_ready():
-            self.stdout += self.channel.recv(65536)
-        while self.channel.recv_stderr_ready():
-            self.stderr += self.channel.recv_stderr(65536)
+        drain(self.channel, self.stdout, self.stderr)
 
     @property
     def log(self) -> str:

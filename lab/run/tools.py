@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import paramiko
 
 from lab.errors import LabFailure, ProbeLoadError
-from lab.ssh import Session
+from lab.ssh import Session, drain
 
 PGID_LINE = re.compile(rb"lab-tool: pgid=(\d+)\n")
 POLL_S = 0.3
@@ -60,10 +60,7 @@ class RunningTool:
     stderr: bytearray = field(default_factory=bytearray)
 
     def pump(self) -> None:
-        while self.channel.recv_ready():
-            self.stdout += self.channel.recv(65536)
-        while self.channel.recv_stderr_ready():
-            self.stderr += self.channel.recv_stderr(65536)
+        drain(self.channel, self.stdout, self.stderr)
         if not self.pgid:
             found = PGID_LINE.search(bytes(self.stderr))
             if found:
