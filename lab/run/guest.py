@@ -8,6 +8,8 @@ depend only on the kernel, so they are cached on the host by the kernel's build 
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -139,13 +141,20 @@ class GuestHelper:
             raise LabFailure(f"The lab's guest helper's {command} reply lacks {exc}.") from None
 
 
+@functools.cache
+def helper_digest() -> str:
+    source = Path(__file__).resolve().parent.parent / "guest" / "fentry_lab_guest.py"
+    return hashlib.sha256(source.read_bytes()).hexdigest()[:12]
+
+
 class StaticCache:
-    """home/static/<kernel build id>/{objdump,bpftrace-lv}-<function>.txt."""
+    """home/static/<kernel build id>-<helper digest>/{objdump,bpftrace-lv}-<function>.txt:
+    what the kernel alone decides, as this version of the guest helper records it."""
 
     KINDS = ("objdump", "bpftrace-lv")
 
     def __init__(self, home: Path, build_id: str) -> None:
-        self.directory = home / "static" / build_id
+        self.directory = home / "static" / f"{build_id}-{helper_digest()}"
 
     def path(self, kind: str, fn: str) -> Path:
         return self.directory / f"{kind}-{fn}.txt"
