@@ -90,8 +90,11 @@ def _report(result: Mapping[str, Any], fmt: Any) -> str:
     parts.append(fmt(reference_rows()))
     if any(k.get("accel") == "tcg" for k in result.get("kernels", [])):
         parts.append(TCG_NOTE)
-    parts.append("ns added/call = 1e9/calls_s(mode) - 1e9/calls_s(base); x kprobe = that "
-                 "over kprobe's; hits verified = every attached program counted every call.")
+    paired = any("rounds" in k for k in result.get("kernels", []))
+    parts.append("ns added/call = 1e9/calls_s(mode) - 1e9/calls_s(base)"
+                 + (", the median over rounds of each round's own base" if paired else "")
+                 + "; x kprobe = that over kprobe's; hits verified = every attached program "
+                 "counted every call.")
     return "\n\n".join(parts) + "\n"
 
 
