@@ -205,9 +205,10 @@ def peek(functions: list[str]) -> dict[str, object]:
         code = read_kcore(addr, PEEK_BYTES)
         insns = disassemble(code, addr)
         result[fn] = {"address": f"{addr:#x}", "bytes": code.hex(" "), "instructions": insns}
-        for insn in insns:  # a 5-byte call (e8 rel32): name its target below
+        # A 5-byte call or jmp (e8/e9 rel32; 7.x kernels patch a jmp): name its target.
+        for insn in insns:
             raw = bytes.fromhex(str(insn["bytes"]).replace(" ", ""))
-            if len(raw) == 5 and raw[0] == 0xE8:
+            if len(raw) == 5 and raw[0] in (0xE8, 0xE9):
                 at = int(str(insn["address"]), 16)
                 calls[fn] = at + 5 + struct.unpack("<i", raw[1:])[0]
     ksyms = read_kallsyms()  # once: each read costs about a second under TCG

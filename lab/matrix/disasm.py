@@ -9,6 +9,8 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from lab.insn import named_branch
+
 ENTRY_BYTES = 16  # the live bytes the guest reads; the static entry is cut to match
 
 
@@ -88,10 +90,7 @@ def live_json(peek: Mapping[str, Any] | None, span: int) -> dict[str, Any] | Non
     for insn in peek.get("instructions", []):
         if used >= span:
             break
-        text = str(insn["text"])
-        if target.get("symbol") and text.startswith("call") and \
-                text.split()[-1] == target.get("address"):
-            text = f"call {target['symbol']}"
+        text = named_branch(str(insn["text"]), target)
         insns.append({"bytes": insn["bytes"], "text": text})
         used += len(str(insn["bytes"]).split())
     result = insns_json(insns)

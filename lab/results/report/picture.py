@@ -6,6 +6,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from lab.insn import branch_kind
+
 ENDBR64 = "f3 0f 1e fa"
 OBJDUMP_LINE = re.compile(r"^\s*([0-9a-f]+):\t([0-9a-f ]+?)\s*(?:\t(.*))?$")
 
@@ -46,8 +48,10 @@ def _cells(insns: list[dict[str, Any]], limit: int, patch: tuple[int, int] | Non
             kind = "endbr"
         elif text.startswith("nop"):
             kind = "nop"
+        elif text.startswith(("call", "jmp")) and tramp and in_patch:
+            kind = "tramp"  # the patched branch into the trampoline (call; jmp on 7.x)
         elif text.startswith("call"):
-            kind = "tramp" if tramp and in_patch else "call"
+            kind = "call"
         byte_cells = [{"hex": b, "changed": offset + i < len(reference)
                        and reference[offset + i] != b} for i, b in enumerate(raw)]
         cells.append({"address": insn.get("address", ""), "bytes": byte_cells, "text": text,
@@ -93,7 +97,9 @@ def entry_picture(fn: str, live: Mapping[str, Any], objdump: str | None,
     return {"function": fn, "rows": rows, "patch": patch, "target": target,
             "captions": captions(fn, rows, static, readings, target, kernel),
             "trampoline": trampoline(fn, attached.get("trampoline"),
-                                     str((target or {}).get("symbol") or "the trampoline")),
+                                     str((target or {}).get("symbol") or "the trampoline"),
+                                     branch_kind(list(attached.get("instructions") or []),
+                                                 target)),
             "returns": returns(readings)}
 
 
@@ -131,7 +137,16 @@ def captions(fn: str, rows: list[dict[str, Any]], static: list[dict[str, Any]],
         out.append({"title": f"KASLR slide {slide:#x}",
                     "text": f"Static address {static_addr} (debug vmlinux), live {live_addr}: "
                             "the kernel was loaded at a random offset."})
-    if target:
+    attached_insns = list((readings.get("attached") or {}).get("instructions") or [])
+    if target and branch_kind(attached_insns, target) == "jmp":
+        out.append({"title": f"Attached: jmp {target.get('symbol') or target.get('address')}",
+                    "text": "Attaching wrote a 5-byte `jmp` (e9 rel32) over the NOP, into the "
+                            "BPF trampoline built for this function. Newer kernels (7.x "
+                            "here) jump rather than call: no return address into the "
+                            "function is pushed, the trampoline calls the body itself and "
+                            "returns straight to the caller (6.12 calls, and its trampoline "
+                            "drops that extra address at the end)."})
+    elif target:
         out.append({"title": f"Attached: call {target.get('symbol') or target.get('address')}",
                     "text": "Attaching wrote a 5-byte `call` (e8 rel32) over the NOP, into "
                             "the BPF trampoline built for this function: a call, not a jump, "
@@ -156,7 +171,8 @@ def _role(symbol: str, fn: str) -> str:
     return "other"
 
 
-def trampoline(fn: str, data: Any, name: str = "the trampoline") -> dict[str, Any] | None:
+def trampoline(fn: str, data: Any, name: str = "the trampoline",
+               entry: str = "call") -> dict[str, Any] | None:
     """The trampoline's instructions (calls named) and the path they make."""
     if not isinstance(data, dict):
         return None
@@ -164,7 +180,7 @@ def trampoline(fn: str, data: Any, name: str = "the trampoline") -> dict[str, An
         return {"error": data["error"], "instructions": [], "path": [], "address": None}
     insns = []
     path = [{"label": "caller", "role": "caller"},
-            {"label": f"{fn} entry: call {name}", "role": "entry"},
+            {"label": f"{fn} entry: {entry} {name}", "role": "entry"},
             {"label": f"{name}: saves the arguments, __bpf_prog_enter", "role": "tramp"}]
     seen_body = False
     for insn in data.get("instructions") or []:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from lab.insn import named_branch
 from lab.results.report.bundle import load_bundle
 from lab.results.report.calls import pair_calls
 
@@ -31,10 +32,7 @@ def short_text(bundle_dir: Path) -> str:
             target = reading.get("call_target") or {}
             texts = []
             for insn in insns[:site + 1]:
-                text = str(insn.get("text", ""))
-                if text.startswith("call") and isinstance(target, dict) and target.get("symbol"):
-                    text = f"call {target['symbol']}"
-                texts.append(text)
+                texts.append(named_branch(str(insn.get("text", "")), target))
             cells = [str(i.get("bytes", "")) for i in insns]
             picture = (f"{' '.join(cells[:site])} |{cells[site] if cells else ''}| "
                        f"{' '.join(cells[site + 1:site + 2])}").strip()

@@ -55,6 +55,16 @@ def test_passed_bundle_shows_the_picture_the_trampoline_and_the_calls(tmp_path: 
     assert "KASLR slide" in html and "untouched" in html
 
 
+def test_a_7x_kernel_jumps_into_the_trampoline_and_the_report_says_so(tmp_path: Path) -> None:
+    """Recorded on trixie-backports (7.3.4): the entry is patched with e9, not e8."""
+    bundle = copy(DATA / "report" / "acl-portable-7.3", tmp_path)
+    html = write_report(bundle)[0].read_text()
+    assert "Attached: jmp bpf_trampoline_" in html and "jmp bpf_trampoline_" in html
+    assert "do_set_acl entry: jmp bpf_trampoline_" in html
+    assert "a call, not a jump" not in html
+    assert "insn tramp patched" in html and "<b>jmp bpf_trampoline_" in html
+
+
 def test_error_bundle_puts_the_reason_first(tmp_path: Path) -> None:
     bundle = copy(DATA / "report" / "error-acl-killed", tmp_path)
     html = write_report(bundle)[0].read_text()
