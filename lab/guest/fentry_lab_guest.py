@@ -15,6 +15,7 @@ Input comes as JSON on stdin.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -69,11 +70,7 @@ def kernel_facts() -> dict[str, object]:
         "build_id_running": running_id,
         "build_id_debug_vmlinux": debug_id,
         "debug_vmlinux": str(debug_vmlinux) if debug_vmlinux.exists() else None,
-        "tools": {name: tool_version(argv) for name, argv in
-                  {"bpftrace": ["bpftrace", "--version"], "bpftool": ["bpftool", "version"],
-                   "clang": ["clang", "--version"],
-                   "libbpf": ["dpkg-query", "-W", "-f", "libbpf ${Version}", "libbpf-dev"],
-                   }.items()},
+        "tools": tool_versions(),
     }
 
 
@@ -85,6 +82,16 @@ def cpu_flags() -> set[str]:
     except OSError:
         pass
     return set()
+
+
+def tool_versions() -> dict[str, str]:
+    """The tools' versions, asked at once (each start costs 0.1-0.6 s under TCG)."""
+    argvs = {"bpftrace": ["bpftrace", "--version"], "bpftool": ["bpftool", "version"],
+             "clang": ["clang", "--version"],
+             "libbpf": ["dpkg-query", "-W", "-f", "libbpf ${Version}", "libbpf-dev"]}
+    with ThreadPoolExecutor(max_workers=len(argvs)) as pool:
+        futures = {name: pool.submit(tool_version, argv) for name, argv in argvs.items()}
+        return {name: future.result() for name, future in futures.items()}
 
 
 def tool_version(argv: list[str]) -> str:
@@ -106,7 +113,10 @@ def traceable(functions: list[str]) -> dict[str, bool]:
     return {fn: fn in found for fn in functions}
 
 
+@functools.lru_cache(maxsize=1)
 def read_kallsyms() -> str:
+    """Read once per helper call (about 0.35 s under TCG): each call is one moment of the
+    run (prepare, peek while attached, finish), so the symbols cannot change within it."""
     with open("/proc/kallsyms") as f:
         return f.read()
 
