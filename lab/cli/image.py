@@ -37,8 +37,10 @@ def list_(c: Context, json: bool = False) -> None:
 
 @lab_task()
 def prune(c: Context) -> None:
-    """Delete cached images that no current recipe builds and no lab uses."""
-    from lab.image.cache import prune
+    """Delete cached images that no current recipe builds and no lab uses, and the static
+    disassembly records of kernels no cached image has."""
+    from lab.image.cache import list_images, prune
+    from lab.run.guest import prune_static
     from lab.vm.base import LabState
 
     with friendly_errors():
@@ -46,6 +48,8 @@ def prune(c: Context) -> None:
         states = [LabState.load(p, p.parent.name, "")
                   for p in settings.labs_dir.glob("*/state.json")]
         removed = prune(settings, keep={s.image for s in states if s.image})
+        removed += prune_static(settings.home,
+                                {image.build_id for image in list_images(settings)})
         for path in removed:
             emit(f"removed {path}")
         if not removed:

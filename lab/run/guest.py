@@ -11,7 +11,8 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+import shutil
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -170,3 +171,16 @@ class StaticCache:
     def read(self, kind: str, fn: str) -> str:
         path = self.path(kind, fn)
         return path.read_text() if path.exists() else f"# {kind} {fn}: not recorded\n"
+
+
+def prune_static(home: Path, build_ids: Collection[str]) -> list[Path]:
+    """Remove static records no cached image's kernel (build_ids) and no longer this helper
+    would read; returns what was removed."""
+    root = home / "static"
+    wanted = {f"{build_id}-{helper_digest()}" for build_id in build_ids}
+    removed = []
+    for directory in sorted(root.iterdir()) if root.is_dir() else []:
+        if directory.is_dir() and directory.name not in wanted:
+            shutil.rmtree(directory)
+            removed.append(directory)
+    return removed

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any, cast
 
 import pytest
 
 from lab.errors import LabFailure
-from lab.run.guest import Facts, GuestHelper
+from lab.run.guest import Facts, GuestHelper, StaticCache, helper_digest, prune_static
 from lab.ssh import CommandResult, Session
 
 KERNEL = {"release": "6.12.1", "version": [6, 12, 1], "btf": True,
@@ -63,3 +64,15 @@ def test_a_broken_reply_is_a_lab_failure() -> None:
         helper(FakeSession(0, b"{}")).facts({})
     with pytest.raises(LabFailure, match=r"\(prepare, timed out after 600 s\)"):
         helper(FakeSession(-1, b"", timed_out=True)).prepare({})
+
+
+def test_static_records_follow_the_kernel_and_the_helper(tmp_path: Path) -> None:
+    cache = StaticCache(tmp_path, "abc")
+    assert cache.directory.name == f"abc-{helper_digest()}"
+    for name in (cache.directory.name, "abc", f"gone-{helper_digest()}", "abc-0123456789ab"):
+        (tmp_path / "static" / name).mkdir(parents=True)
+    removed = prune_static(tmp_path, {"abc"})
+    assert sorted(p.name for p in removed) == sorted(
+        ["abc", f"gone-{helper_digest()}", "abc-0123456789ab"])
+    assert [p.name for p in (tmp_path / "static").iterdir()] == [cache.directory.name]
+    assert prune_static(tmp_path / "nowhere", {"abc"}) == []
