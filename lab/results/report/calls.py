@@ -1,4 +1,7 @@
-"""Calls: each fentry event paired with its fexit (same task, same function)."""
+"""Calls: each fentry event paired with its fexit (same task, same function).
+
+An event that names no function (a user's ring-buffer record, a tracepoint's) is kept as a
+record: it is shown with its fields, without a return value it never had."""
 
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ class Call:
     start_ns: int | None = None
     end_ns: int | None = None
     retval: int | None = None
+    record: bool = False
 
     @property
     def duration_ms(self) -> float | None:
@@ -34,12 +38,16 @@ class Call:
         return retval_text(self.retval)
 
     def args_text(self) -> str:
+        if self.record:
+            return ", ".join(f"{k}={v}" for k, v in self.args.items())
         return ", ".join(str(v) for v in self.args.values())
 
     def line(self) -> str:
         """`setfacl[355] uid=1000 do_set_acl(passwd) = -1 EPERM 2.5 ms`"""
         duration = f" {self.duration_ms:.1f} ms" if self.duration_ms is not None else ""
         who = f"{self.comm}[{self.pid}]" + (f" uid={self.uid}" if self.uid is not None else "")
+        if self.record:
+            return f"{who} {self.function}: {self.args_text()}"
         return f"{who} {self.function}({self.args_text()}) = {self.result}{duration}"
 
 
@@ -70,7 +78,11 @@ def pair_calls(events: Iterable[Mapping[str, Any]]) -> list[Call]:
         task = _int(event.get("tid", event.get("pid")))
         args = {k: v for k, v in event.items() if k not in META}
         kind = str(event.get("probe", event.get("probe_name", "")))
-        if kind.startswith("fexit"):
+        if "function" not in event and not kind.startswith(("fentry", "fexit")):
+            calls.append(Call(kind or "event", str(event.get("comm", "?")),
+                              _int(event.get("pid")), _int(event.get("uid")), args,
+                              start_ns=_int(event.get("ts_ns")), record=True))
+        elif kind.startswith("fexit"):
             waiting = open_calls.get((fn, task))
             call = waiting.pop() if waiting else None
             if call is None:

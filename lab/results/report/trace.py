@@ -38,6 +38,13 @@ def trace_events(steps: Sequence[Mapping[str, Any]], calls: Sequence[Call],
         begin = call.start_ns if call.start_ns is not None else call.end_ns
         if begin is None:
             continue
+        if call.record:  # a record, not a call: an instant on its task's track
+            events.append({"ph": "i", "s": "t", "pid": 2, "tid": call.pid or 0,
+                           "name": call.function, "cat": "record",
+                           "ts": round((begin - origin) / 1e3, 3),
+                           "args": {"comm": call.comm, "uid": call.uid,
+                                    **{k: str(v) for k, v in call.args.items()}}})
+            continue
         end = call.end_ns if call.end_ns is not None else begin
         events.append({"ph": "X", "pid": 2, "tid": call.pid or 0,
                        "name": f"{call.function}", "cat": "call",

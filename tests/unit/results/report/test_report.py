@@ -115,6 +115,16 @@ def test_calls_pair_by_task_and_name_the_errno() -> None:
     assert retval_text(-13) == "-13 EACCES" and retval_text(-99999) == "-99999"
 
 
+def test_an_event_without_a_function_is_a_record_not_a_call() -> None:
+    """A user's ring-buffer record (or a tracepoint's) has fields, not arguments and a
+    return value: it is listed as `probe: k=v`, never as `?(…) = ?`."""
+    events = [{"probe_name": "opensnoop", "comm": "cat", "pid": 7, "uid": 1000,
+               "filename": "/etc/passwd", "flags": 0, "ts_ns": 10}]
+    (call,) = pair_calls(events)
+    assert call.record
+    assert call.line() == "cat[7] uid=1000 opensnoop: filename=/etc/passwd, flags=0"
+
+
 def test_short_text_has_the_bytes_and_one_line_per_call() -> None:
     text = short_text(DATA / "report" / "acl-basic")
     assert "call bpf_trampoline_" in text and "|0f 1f 44 00 00|" in text
