@@ -8,7 +8,6 @@ INT and refuse non-numbers with a message, and LabError becomes its exit code an
 from __future__ import annotations
 
 import contextlib
-import os
 import sys
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -19,6 +18,7 @@ from invoke.exceptions import Exit, ParseError
 from invoke.parser.argument import Argument
 from invoke.tasks import Task, task
 
+from lab.cli.pipe import silence_stdout
 from lab.errors import LabError, UsageError
 
 if TYPE_CHECKING:
@@ -109,9 +109,7 @@ def emit(text: str, end: str = "\n") -> None:
         sys.stdout.write(text + end)
         sys.stdout.flush()
     except BrokenPipeError:
-        # Point stdout at /dev/null so the interpreter's final flush does not fail again.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
+        silence_stdout()
         raise Exit(code=0) from None
 
 

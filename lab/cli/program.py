@@ -8,7 +8,6 @@ completion also offers the scenario words, scenario names and releases.
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
 import sys
@@ -20,6 +19,7 @@ from invoke.parser.argument import Argument
 from invoke.program import Program
 
 from lab.cli.configfile import check_config_files, config_files
+from lab.cli.pipe import silence_stdout
 from lab.errors import LabError
 
 UNUSED_CORE = {"command-timeout", "dry", "echo", "hide", "pty", "warn-only",
@@ -125,6 +125,5 @@ def main(argv: Any = None) -> None:
     try:
         make_program().run(argv)
     except BrokenPipeError:  # `fentry-lab --list | head`: the reader went away, not an error
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
+        silence_stdout()
         sys.exit(0)

@@ -147,11 +147,12 @@ def test_a_good_invoke_yaml_is_read(tmp_path: Path) -> None:
     assert "Setting 'cpus' is 0" in proc.stderr
 
 
+@pytest.mark.parametrize("args", [["scenario", "list"], ["--list"]], ids=" ".join)
 @pytest.mark.parametrize("command", [INVOKE, FENTRY_LAB], ids=["invoke", "fentry-lab"])
-def test_closed_pipe_is_not_a_traceback(tmp_path: Path, command: str) -> None:
+def test_closed_pipe_is_not_a_traceback(tmp_path: Path, command: str, args: list[str]) -> None:
     read, write = os.pipe()
     os.close(read)  # the reader is gone before anything is written (`| head -0`)
-    proc = subprocess.run([command, "scenario", "list"], cwd=REPO, stdout=write,
+    proc = subprocess.run([command, *args], cwd=REPO, stdout=write,
                           stderr=subprocess.PIPE, text=True, timeout=60,
                           env=cli_env(tmp_path, {}), check=False)
     os.close(write)
