@@ -37,10 +37,11 @@ def list_(c: Context, json: bool = False) -> None:
 
 @lab_task()
 def prune(c: Context) -> None:
-    """Delete cached images that no current recipe builds and no lab uses, and the static
-    disassembly records of kernels no cached image has."""
+    """Delete cached images that no current recipe builds and no lab uses, the static
+    disassembly records of kernels no cached image has, and probe builds unused for 30 days."""
     from lab.image.cache import list_images, prune
     from lab.run.guest import prune_static
+    from lab.run.probes import prune_builds
     from lab.vm.base import LabState
 
     with friendly_errors():
@@ -50,6 +51,7 @@ def prune(c: Context) -> None:
         removed = prune(settings, keep={s.image for s in states if s.image})
         removed += prune_static(settings.home,
                                 {image.build_id for image in list_images(settings)})
+        removed += prune_builds(settings.home)
         for path in removed:
             emit(f"removed {path}")
         if not removed:

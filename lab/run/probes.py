@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import tarfile
 import time
 from collections.abc import Mapping, Sequence
@@ -145,6 +146,7 @@ def upload_sources(ssh: Session, tarball: bytes) -> None:
 def restore_build(ssh: Session, build_dir: str, cache: Path) -> None:
     """Seed a fresh lab with probes built earlier for the same sources and kernel."""
     if cache.exists():
+        cache.touch()  # last used now: `image.prune` keeps builds used recently
         ssh.run(f"[ -d {build_dir} ] || {{ mkdir -p {build_dir} && tar -x -C {build_dir}; }}",
                 stdin=cache.read_bytes(), timeout=60)
 
@@ -168,7 +170,34 @@ def fetch_btf(ssh: Session, remote: str, cache: Path) -> object:
         tmp = cache.with_suffix(".part")
         ssh.get(remote, tmp)
         tmp.rename(cache)
+    cache.touch()
     return json.loads(cache.read_text())
+
+
+BUILD_CACHE_DAYS = 30
+
+
+def prune_builds(home: Path, max_age_days: float = BUILD_CACHE_DAYS,
+                 now: float | None = None) -> list[Path]:
+    """Remove the host's probe builds (builds/<key>.tar) and their BTF (btf/<key>/) that no
+    run used for max_age_days: their keys hash sources and kernels, so no rule can tell
+    which are still wanted, but a run touches what it uses. Returns what was removed."""
+    cutoff = (time.time() if now is None else now) - max_age_days * 86400
+
+    def unused(path: Path) -> bool:
+        files = [p for p in path.rglob("*") if p.is_file()] if path.is_dir() else [path]
+        return all(p.stat().st_mtime < cutoff for p in files)
+
+    removed: list[Path] = []
+    for directory in (home / "builds", home / "btf"):
+        for path in sorted(directory.iterdir()) if directory.is_dir() else []:
+            if unused(path):
+                if path.is_dir():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink()
+                removed.append(path)
+    return removed
 
 
 @dataclass

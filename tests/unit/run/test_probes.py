@@ -1,16 +1,19 @@
-"""What goes into the guest: only the probes' files, never a symlink out of the project."""
+"""What goes into the guest: only the probes' files, never a symlink out of the project;
+what the host keeps of their builds."""
 
 from __future__ import annotations
 
 import io
+import os
 import shutil
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
 
 from lab.errors import ScenarioError
-from lab.run.probes import pack_sources
+from lab.run.probes import pack_sources, prune_builds
 from lab.scenario.load import load_scenario
 from tests.helpers import REPO
 
@@ -83,3 +86,23 @@ def test_a_header_include_symlinked_out_is_refused(project: Path, tmp_path: Path
     portable = load_scenario(REPO / "scenarios" / "acl-portable.yaml").for_kernel((5, 10, 0))
     with pytest.raises(ScenarioError, match=r"acl_event\.h: it is a symlink"):
         pack_sources(project / "bpf", portable.probes)
+
+
+def test_prune_builds_removes_only_what_no_run_used_lately(tmp_path: Path) -> None:
+    now = time.time()
+    old, fresh = now - 40 * 86400, now - 86400
+    (tmp_path / "builds").mkdir()
+    for name, when in (("aaa.tar", old), ("bench-bbb.tar", old), ("ccc.tar", fresh)):
+        path = tmp_path / "builds" / name
+        path.write_bytes(b"x")
+        os.utime(path, (when, when))
+    for key, when in (("aaa", old), ("ccc", fresh)):
+        path = tmp_path / "btf" / key / "acl_fentry.btf.json"
+        path.parent.mkdir(parents=True)
+        path.write_text("{}")
+        os.utime(path, (when, when))
+    removed = prune_builds(tmp_path, max_age_days=30, now=now)
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in removed) == [
+        "btf/aaa", "builds/aaa.tar", "builds/bench-bbb.tar"]
+    assert (tmp_path / "builds" / "ccc.tar").exists() and (tmp_path / "btf" / "ccc").exists()
+    assert prune_builds(tmp_path / "nowhere") == []
