@@ -214,7 +214,7 @@ def test_listing_imports_no_library_module(argv: list[str]) -> None:
     modules = set(line.split()[1:])
     allowed = {"lab.errors", "lab.cli", "lab.cli.collection", "lab.cli.common",
                "lab.cli.configfile", "lab.cli.words", "lab.cli.image", "lab.cli.labs",
-               "lab.cli.results", "lab.cli.bench",
+               "lab.cli.results", "lab.cli.bench", "lab.cli.pipe",
                "lab.cli.scenario", "lab.cli.matrix"}
     assert modules <= allowed, modules - allowed
 
