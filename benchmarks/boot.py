@@ -28,7 +28,7 @@ from lab.config import load_settings  # noqa: E402
 from lab.image.build import build_image  # noqa: E402
 from lab.vm.accel import choose_accel  # noqa: E402
 from lab.vm.boot import READY  # noqa: E402
-from lab.vm.qemu import free_port, qemu_argv  # noqa: E402
+from lab.vm.qemu_process import free_port, qemu_argv  # noqa: E402
 
 INVOKE = str(Path(sys.executable).parent / "invoke")
 

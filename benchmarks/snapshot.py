@@ -33,7 +33,8 @@ INVOKE = str(Path(sys.executable).parent / "invoke")
 from lab.config import load_settings  # noqa: E402
 from lab.vm import snapshot  # noqa: E402
 from lab.vm.base import accel_and_image  # noqa: E402
-from lab.vm.qemu import QemuBackend, free_port  # noqa: E402
+from lab.vm.qemu import QemuBackend  # noqa: E402
+from lab.vm.qemu_process import free_port  # noqa: E402
 
 
 def invoke(name: str, results: Path, *args: str, snapshots: bool = True) -> float:

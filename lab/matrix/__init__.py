@@ -1,0 +1,1 @@
+"""The kernel matrix: one scenario on several Debian releases, and the table that compares them."""

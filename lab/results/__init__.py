@@ -1,0 +1,1 @@
+"""What a run leaves on the host: the bundle, its checks, JUnit and the report."""

@@ -1,0 +1,1 @@
+"""One scenario on a running lab: preflight, probes, tools, events, expectations."""

@@ -1,0 +1,1 @@
+"""Scenario files -> validated model: YAML with limits, the JSON schema, rules, loading."""

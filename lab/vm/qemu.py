@@ -13,7 +13,6 @@ import contextlib
 import os
 import re
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -21,11 +20,11 @@ from pathlib import Path
 from lab import console
 from lab.config import Settings
 from lab.errors import LabError, LabFailure
-from lab.host import is_process, process_start_time, processes_of, require_tools, run_checked
+from lab.host import process_start_time, processes_of, require_tools, run_checked
 from lab.image.build import Image
 from lab.image.keys import ensure_keys
 from lab.ssh import Session, SshTarget
-from lab.vm import health, snapshot
+from lab.vm import health, snapshot, snapshot_store
 from lab.vm.accel import Accel, slowdown
 from lab.vm.base import (
     LabState,
@@ -41,74 +40,18 @@ from lab.vm.boot import (
     READY,
     boot_timeout,
     check_build_id,
-    kernel_cmdline,
     rotate_serial_log,
     serial_tail,
 )
+from lab.vm.qemu_process import QEMU, _reap, free_port, opt, pid_is_lab, qemu_argv
 from lab.vm.qmp import QmpError, qmp_command
 
-QEMU = "qemu-system-x86_64"
 HOSTFWD_FAILED = "Could not set up host forwarding rule"
-
-
-def opt(value: object) -> str:
-    """A value inside a qemu -option string: a comma is doubled, or it would split it."""
-    return str(value).replace(",", ",,")
 
 
 class BootOops(LabFailure):
     """An `Oops: int3` while booting: under TCG, a breakpoint the kernel's text patching
     left for another vCPU's thread (seen on these machines); worth one more boot."""
-
-
-def qemu_argv(*, image: Image, overlay: Path, accel: Accel, cpus: int, memory: int,
-              ssh_port: int, serial_log: Path, qmp_socket: Path, name: str,
-              kernel_args: str = "") -> list[str]:
-    """The whole QEMU command line, built from small pieces (printable with shlex.join)."""
-    disk = (["-device", "nvme,drive=root,serial=fentry-lab"]
-            if image.boot["disk_interface"] == "nvme" else ["-device", "virtio-blk-pci,drive=root"])
-    initrd = ["-initrd", str(image.initrd)] if image.boot.get("initrd") == "yes" else []
-    return [
-        QEMU, "-name", f"fentry-lab-{name}",
-        *accel.qemu_args,
-        "-smp", str(cpus), "-m", str(memory),
-        "-kernel", str(image.kernel), *initrd,
-        "-append", kernel_cmdline(image.boot["root_device"], kernel_args),
-        "-drive", f"file={opt(overlay)},if=none,id=root,format=qcow2,discard=unmap",
-        *disk,
-        # Only SSH is forwarded, and only on the host's loopback; restrict=on cuts the guest
-        # off from the host (10.0.2.2 reaches nothing) and the outside world.
-        "-netdev", f"user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:{ssh_port}-:22",
-        "-device", "virtio-net-pci,netdev=net0,romfile=",  # no PXE ROM: direct kernel boot
-        # append=on: the log may start with a restored snapshot's boot console.
-        "-chardev", f"file,id=console,path={opt(serial_log)},append=on",
-        "-serial", "chardev:console",
-        "-qmp", f"unix:{opt(qmp_socket)},server=on,wait=off",
-        "-display", "none", "-monitor", "none", "-no-reboot",
-    ]
-
-
-def free_port() -> int:
-    try:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind(("127.0.0.1", 0))
-            return int(s.getsockname()[1])
-    except OSError as exc:
-        raise LabFailure(f"Could not get a free TCP port on 127.0.0.1 for the lab's SSH "
-                         f"forward ({exc.strerror or exc}). Free some local ports (or raise "
-                         "net.ipv4.ip_local_port_range) and run `invoke lab.up` again.") from None
-
-
-def pid_is_lab(pid: int, marker: Path, start_time: int = 0) -> bool:
-    """True when pid is alive and is the qemu started for this lab (not a reused PID)."""
-    return is_process(pid, marker=opt(marker), start_time=start_time)
-
-
-def _reap(pid: int) -> None:
-    """Collect a qemu this process started (a long-running caller, such as a matrix run,
-    would otherwise keep it as a zombie); a qemu started by an earlier command is not ours."""
-    with contextlib.suppress(ChildProcessError, OSError):
-        os.waitpid(pid, os.WNOHANG)
 
 
 class QemuBackend:
@@ -224,7 +167,7 @@ class QemuBackend:
             except LabError as exc:
                 console.warn(f"could not start from snapshot {ready.name} ({exc}); "
                              "removed it, booting cold")
-                snapshot.remove(ready)
+                snapshot_store.remove(ready)
                 self.overlay.unlink(missing_ok=True)
         # -- end of snapshot hook --
         self._prepare_overlay(image, state)

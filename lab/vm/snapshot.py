@@ -1,8 +1,7 @@
 """Ready snapshots: save a booted lab's memory and disk once, start new labs from them.
 
-A snapshot is a directory under the cache's snapshots/ holding the lab's disk overlay as it
-was at save time (disk.qcow2, backed by the image), QEMU's migration stream compressed with
-zstd (state.zst) and a manifest (written last, with each file's size and SHA-256). It is
+A snapshot (its files, key and checks: lab.vm.snapshot_store) is the lab's disk overlay as it
+was at save time, QEMU's migration stream compressed with zstd and a manifest. It is
 made in a temporary directory and renamed into place when complete, so an interrupted or
 failed save never leaves one that looks valid. A restored lab runs on a throwaway overlay
 on top of disk.qcow2, so its disk is exactly the one the saved memory expects.
@@ -24,36 +23,41 @@ anyway, and pinned), the guest's monotonic clock.
 from __future__ import annotations
 
 import contextlib
-import functools
-import hashlib
 import json
 import os
-import re
 import shlex
 import shutil
 import subprocess
 import sys
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
-from typing import Protocol
 
 from lab import console
-from lab.config import Settings
 from lab.errors import LabError
 from lab.image.build import Image
 from lab.ssh import Session, SshTarget
 from lab.vm.accel import Accel
 from lab.vm.qmp import qmp_command
+from lab.vm.snapshot_store import (
+    DISK,
+    FORMAT,
+    MANIFEST,
+    MARKER,
+    SERIAL,
+    STATE,
+    LabVm,
+    boot_id_of,
+    directory_for,
+    find,
+    key_for,
+    problem_with,
+    remove,
+    sha256_of,
+    snapshots_dir,
+)
 
-FORMAT = 1
-QEMU = "qemu-system-x86_64"
-STATE = "state.zst"
-DISK = "disk.qcow2"
-MANIFEST = "manifest.json"
-SERIAL = "serial.log"  # the console of the boot the snapshot was taken from
-MARKER = "snapshot"  # in a lab's directory: the snapshot its overlay sits on
 # The migratable shape: virtio-blk root (modules in the initrd), stable eth0 name, and a
 # VM generation ID device whose change on every restore makes the guest kernel reseed its RNG.
 BOOT = {"root_device": "/dev/vda", "disk_interface": "virtio", "initrd": "yes"}
@@ -83,20 +87,6 @@ dst.flush()
 """
 
 
-class LabVm(Protocol):
-    """What the QEMU backend offers this module (kept small so the backend can change)."""
-
-    settings: Settings
-    directory: Path
-    overlay: Path
-    qmp_socket: Path
-    qemu_log: Path
-
-    def argv(self, image: Image, accel: Accel, port: int) -> list[str]: ...
-
-    def _target(self, port: int) -> SshTarget: ...
-
-
 def enabled() -> bool:
     return os.environ.get("FENTRY_LAB_SNAPSHOTS", "on").lower() not in ("0", "off", "no")
 
@@ -116,176 +106,6 @@ def kernel_args(user_args: str) -> str:
 
 def extra_argv() -> list[str]:
     return list(EXTRA_ARGV) if enabled() else []
-
-
-# -- key -----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Key:
-    """Everything the saved memory depends on; a snapshot is used only when all match."""
-
-    release: str
-    image: str  # image directory, build time and kernel build ID
-    qemu: str
-    machine: str
-    cpus: int
-    memory: int
-    accel: str
-    argv: str  # digest of the QEMU command line with the lab's own paths and port removed
-
-    def digest(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()
-
-    def shape(self) -> tuple[str, int, int, str]:
-        return (self.release, self.cpus, self.memory, self.accel)
-
-
-@functools.cache
-def qemu_identity() -> tuple[str, str]:
-    """QEMU's version line and the machine type its default alias resolves to."""
-    try:
-        version = subprocess.run([QEMU, "--version"], capture_output=True, text=True,
-                                 check=True).stdout.splitlines()[0]
-        machines = subprocess.run([QEMU, "-machine", "help"], capture_output=True, text=True,
-                                  check=True).stdout
-    except (OSError, subprocess.CalledProcessError, IndexError) as exc:
-        raise LabError(f"Could not ask {QEMU} for its version ({exc}).") from None
-    return version, machine_default(machines)
-
-
-def machine_default(listing: str) -> str:
-    """From `qemu -machine help`: the concrete type behind the (default) alias."""
-    for line in listing.splitlines():
-        if "(default)" in line:
-            alias = re.search(r"\(alias of (\S+?)\)", line)
-            return alias.group(1) if alias else line.split()[0]
-    return "unknown"
-
-
-def normalized_argv(argv: list[str], lab: LabVm, port: int) -> str:
-    text = "\0".join(argv).replace(str(lab.directory), "LAB")
-    text = text.replace(f"127.0.0.1:{port}-", "127.0.0.1:PORT-")
-    return hashlib.sha256(text.replace(lab.settings.name, "NAME").encode()).hexdigest()
-
-
-def key_for(lab: LabVm, image: Image, accel: Accel) -> Key:
-    version, machine = qemu_identity()
-    port = 10022  # any value: removed again by normalized_argv
-    return Key(release=image.release,
-               image=f"{image.directory.name} {image.manifest.get('built_at', '')} "
-                     f"{image.build_id}",
-               qemu=version, machine=machine, cpus=lab.settings.cpus,
-               memory=lab.settings.memory, accel=accel.name,
-               argv=normalized_argv(lab.argv(image, accel, port), lab, port))
-
-
-def snapshots_dir(settings: Settings) -> Path:
-    return settings.home / "snapshots"
-
-
-def directory_for(settings: Settings, key: Key) -> Path:
-    return snapshots_dir(settings) / f"{key.release}-{key.digest()[:16]}"
-
-
-# -- manifest and validation ---------------------------------------------------------------
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def problem_with(directory: Path, key: Key, *, check_sums: bool = True) -> str:
-    """Why this snapshot directory cannot be used for key; empty when it can."""
-    try:
-        manifest = json.loads((directory / MANIFEST).read_text())
-    except FileNotFoundError:
-        return "it has no manifest"
-    except (OSError, ValueError) as exc:
-        return f"its manifest is unreadable ({exc})"
-    if manifest.get("format") != FORMAT:
-        return "it was made by another version of fentry-lab"
-    if manifest.get("key") != asdict(key):
-        old = manifest.get("key") or {}
-        changed = [k for k, v in asdict(key).items() if old.get(k) != v]
-        return f"it was made for another {', '.join(changed) or 'setup'}"
-    for name in (DISK, STATE):
-        expected = manifest.get("files", {}).get(name, {})
-        path = directory / name
-        try:
-            size = path.stat().st_size
-        except OSError:
-            return f"its {name} is missing"
-        if size != expected.get("size"):
-            return f"its {name} is truncated or changed ({size} bytes, expected " \
-                   f"{expected.get('size')})"
-        if check_sums and not _verified_before(path) and \
-                sha256_of(path) != expected.get("sha256"):
-            return f"its {name} is corrupt (SHA-256 mismatch)"
-    if check_sums:
-        for name in (DISK, STATE):
-            _mark_verified(directory / name)
-    return ""
-
-
-def _stamp(path: Path) -> str:
-    info = path.stat()
-    return f"{info.st_size} {info.st_mtime_ns} {info.st_ino}"
-
-
-def _verified_before(path: Path) -> bool:
-    """Skips re-hashing (0.25 s) a file unchanged since its last full check; damage that
-    keeps size and mtime is still caught when zstd or QEMU reject the stream on restore."""
-    try:
-        return (path.parent / f".verified-{path.name}").read_text() == _stamp(path)
-    except OSError:
-        return False
-
-
-def _mark_verified(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        (path.parent / f".verified-{path.name}").write_text(_stamp(path))
-
-
-def remove(directory: Path) -> None:
-    shutil.rmtree(directory, ignore_errors=True)
-
-
-def find(lab: LabVm, key: Key) -> Path | None:
-    """The valid snapshot for key; stale or broken ones of the same shape are removed."""
-    root = snapshots_dir(lab.settings)
-    wanted = directory_for(lab.settings, key)
-    if not root.is_dir():
-        return None
-    for candidate in sorted(root.iterdir()):
-        if candidate.name.startswith(".") or candidate == wanted:
-            continue
-        with contextlib.suppress(OSError, ValueError, TypeError):
-            old = Key(**json.loads((candidate / MANIFEST).read_text())["key"])
-            if old.shape() == key.shape():
-                console.say(f"snapshot {candidate.name} no longer matches "
-                            f"({problem_with(candidate, key, check_sums=False)}): removing it; "
-                            "a new one is made after this cold boot")
-                remove(candidate)
-    if not wanted.is_dir():
-        return None
-    problem = problem_with(wanted, key)
-    if problem:
-        console.warn(f"snapshot {wanted.name} is unusable: {problem}. Removed it; booting "
-                     "cold and making a new one")
-        remove(wanted)
-        return None
-    return wanted
-
-
-def boot_id_of(directory: Path) -> str:
-    with contextlib.suppress(OSError, ValueError, KeyError):
-        return str(json.loads((directory / MANIFEST).read_text())["boot_id"])
-    return ""
 
 
 # -- save ----------------------------------------------------------------------------------

@@ -343,14 +343,14 @@ def test_ctrl_c_during_up_stops_qemu(other_lab: Cli) -> None:
 def test_taken_port_is_replaced(other_lab: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
     import socket
 
-    from lab.vm import qemu
+    from lab.vm import qemu, qemu_process
 
     holder = socket.socket()
     holder.bind(("127.0.0.1", 0))
     holder.listen()
     taken = holder.getsockname()[1]
     ports = iter([taken])
-    real_free_port = qemu.free_port
+    real_free_port = qemu_process.free_port
     monkeypatch.setattr(qemu, "free_port", lambda: next(ports, None) or real_free_port())
     backend = qemu.QemuBackend(load_settings(flags={"name": other_lab.name}))
     try:

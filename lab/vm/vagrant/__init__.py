@@ -1,0 +1,1 @@
+"""The Vagrant backend: the same lab through vagrant-libvirt, its box and host side."""

@@ -9,7 +9,7 @@ import pytest
 
 from lab.config import Settings
 from lab.errors import LabFailure
-from lab.vm import qemu
+from lab.vm import qemu_process
 from lab.vm.accel import Accel
 from lab.vm.boot import (
     boot_timeout,
@@ -71,5 +71,5 @@ def test_no_free_port_is_a_lab_failure(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(socket.socket, "bind", refuse)
     with pytest.raises(LabFailure, match="Could not get a free TCP port") as info:
-        qemu.free_port()
+        qemu_process.free_port()
     assert info.value.code == 2

@@ -15,7 +15,7 @@ import pytest
 from lab.image.build import Image
 from lab.vm.accel import Accel
 from lab.vm.boot import kernel_cmdline
-from lab.vm.qemu import QEMU, pid_is_lab, qemu_argv
+from lab.vm.qemu_process import QEMU, pid_is_lab, qemu_argv
 
 TCG = Accel("tcg", "test")
 KVM = Accel("kvm", "test")

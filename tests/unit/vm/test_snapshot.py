@@ -18,6 +18,7 @@ from lab.config import Settings
 from lab.image.build import Image
 from lab.ssh import SshTarget
 from lab.vm import snapshot
+from lab.vm import snapshot_store as store
 from lab.vm.accel import Accel
 
 TCG = Accel("tcg", "test")
@@ -52,7 +53,7 @@ class FakeLab:
 
 @pytest.fixture(autouse=True)
 def fixed_qemu(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(snapshot, "qemu_identity", lambda: ("QEMU 7.2", "pc-i440fx-7.2"))
+    monkeypatch.setattr(store, "qemu_identity", lambda: ("QEMU 7.2", "pc-i440fx-7.2"))
     monkeypatch.delenv("FENTRY_LAB_SNAPSHOTS", raising=False)
 
 
@@ -69,49 +70,49 @@ def make_image(tmp_path: Path, built_at: str = "2026-12-03") -> Image:
         "boot": {"root_device": "/dev/nvme0n1", "disk_interface": "nvme", "initrd": "no"}})
 
 
-def write_snapshot(lab: FakeLab, key: snapshot.Key, *, state: bytes = b"S" * 1000,
+def write_snapshot(lab: FakeLab, key: store.Key, *, state: bytes = b"S" * 1000,
                    boot_id: str = "") -> Path:
-    directory = snapshot.directory_for(lab.settings, key)
+    directory = store.directory_for(lab.settings, key)
     directory.mkdir(parents=True)
-    (directory / snapshot.STATE).write_bytes(state)
-    (directory / snapshot.DISK).write_bytes(b"D" * 500)
+    (directory / store.STATE).write_bytes(state)
+    (directory / store.DISK).write_bytes(b"D" * 500)
     files = {name: {"size": (directory / name).stat().st_size,
-                    "sha256": snapshot.sha256_of(directory / name)}
-             for name in (snapshot.DISK, snapshot.STATE)}
-    manifest = {"format": snapshot.FORMAT, "key": key.__dict__, "files": files,
+                    "sha256": store.sha256_of(directory / name)}
+             for name in (store.DISK, store.STATE)}
+    manifest = {"format": store.FORMAT, "key": key.__dict__, "files": files,
                 "boot_id": boot_id}
-    (directory / snapshot.MANIFEST).write_text(json.dumps(manifest))
+    (directory / store.MANIFEST).write_text(json.dumps(manifest))
     return directory
 
 
 def test_machine_default_is_the_concrete_type() -> None:
-    assert snapshot.machine_default(LISTING) == "pc-i440fx-7.2"
-    assert snapshot.machine_default("none\n") == "unknown"
+    assert store.machine_default(LISTING) == "pc-i440fx-7.2"
+    assert store.machine_default("none\n") == "unknown"
 
 
 def test_key_ignores_the_labs_own_paths_and_port(tmp_path: Path) -> None:
     image = make_image(tmp_path)
-    one = snapshot.key_for(make_lab(tmp_path, "sn-10022-1"), image, TCG)
-    two = snapshot.key_for(make_lab(tmp_path, "sn-10022-2"), image, TCG)
+    one = store.key_for(make_lab(tmp_path, "sn-10022-1"), image, TCG)
+    two = store.key_for(make_lab(tmp_path, "sn-10022-2"), image, TCG)
     assert one == two
     fwd = "hostfwd=tcp:127.0.0.1:4242-:22"
-    assert snapshot.normalized_argv(["a", fwd], make_lab(tmp_path, "sn-x"), 4242) == \
-        snapshot.normalized_argv(["a", fwd.replace("4242", "4343")], make_lab(tmp_path, "sn-y"),
+    assert store.normalized_argv(["a", fwd], make_lab(tmp_path, "sn-x"), 4242) == \
+        store.normalized_argv(["a", fwd.replace("4242", "4343")], make_lab(tmp_path, "sn-y"),
                                  4343)
-    assert snapshot.normalized_argv(["a", fwd], make_lab(tmp_path, "sn-z"), 4242) != \
-        snapshot.normalized_argv(["a", fwd, "-m", "9"], make_lab(tmp_path, "sn-w"), 4242)
+    assert store.normalized_argv(["a", fwd], make_lab(tmp_path, "sn-z"), 4242) != \
+        store.normalized_argv(["a", fwd, "-m", "9"], make_lab(tmp_path, "sn-w"), 4242)
 
 
 def test_key_changes_with_image_qemu_and_shape(tmp_path: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     lab = make_lab(tmp_path)
-    base = snapshot.key_for(lab, make_image(tmp_path), TCG)
-    assert snapshot.key_for(lab, make_image(tmp_path, "later"), TCG) != base
-    assert snapshot.key_for(lab, make_image(tmp_path), Accel("kvm", "")) != base
-    assert snapshot.key_for(make_lab(tmp_path, "sn-4", cpus=4), make_image(tmp_path),
+    base = store.key_for(lab, make_image(tmp_path), TCG)
+    assert store.key_for(lab, make_image(tmp_path, "later"), TCG) != base
+    assert store.key_for(lab, make_image(tmp_path), Accel("kvm", "")) != base
+    assert store.key_for(make_lab(tmp_path, "sn-4", cpus=4), make_image(tmp_path),
                             TCG).digest() != base.digest()
-    monkeypatch.setattr(snapshot, "qemu_identity", lambda: ("QEMU 8.0", "pc-i440fx-8.0"))
-    assert snapshot.key_for(lab, make_image(tmp_path), TCG) != base
+    monkeypatch.setattr(store, "qemu_identity", lambda: ("QEMU 8.0", "pc-i440fx-8.0"))
+    assert store.key_for(lab, make_image(tmp_path), TCG) != base
 
 
 def test_lab_image_boots_the_migratable_shape(tmp_path: Path,
@@ -127,10 +128,10 @@ def test_lab_image_boots_the_migratable_shape(tmp_path: Path,
 
 def test_a_valid_snapshot_is_found(tmp_path: Path) -> None:
     lab = make_lab(tmp_path)
-    key = snapshot.key_for(lab, make_image(tmp_path), TCG)
+    key = store.key_for(lab, make_image(tmp_path), TCG)
     directory = write_snapshot(lab, key)
-    assert snapshot.problem_with(directory, key) == ""
-    assert snapshot.find(lab, key) == directory
+    assert store.problem_with(directory, key) == ""
+    assert store.find(lab, key) == directory
 
 
 @pytest.mark.parametrize("damage, expected", [
@@ -143,11 +144,11 @@ def test_a_valid_snapshot_is_found(tmp_path: Path) -> None:
 def test_a_broken_snapshot_is_removed_with_a_notice(tmp_path: Path, capsys: Any,
                                                     damage: Any, expected: str) -> None:
     lab = make_lab(tmp_path)
-    key = snapshot.key_for(lab, make_image(tmp_path), TCG)
+    key = store.key_for(lab, make_image(tmp_path), TCG)
     directory = write_snapshot(lab, key)
     damage(directory)
-    assert expected in snapshot.problem_with(directory, key)
-    assert snapshot.find(lab, key) is None
+    assert expected in store.problem_with(directory, key)
+    assert store.find(lab, key) is None
     assert not directory.exists()
     out = capsys.readouterr()
     assert "unusable" in out.out + out.err and "booting cold" in out.out + out.err
@@ -157,12 +158,12 @@ def test_a_snapshot_of_an_older_image_or_qemu_is_removed(tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch,
                                                          capsys: Any) -> None:
     lab = make_lab(tmp_path)
-    old = write_snapshot(lab, snapshot.key_for(lab, make_image(tmp_path, "old"), TCG))
+    old = write_snapshot(lab, store.key_for(lab, make_image(tmp_path, "old"), TCG))
     other_shape = write_snapshot(
-        lab, snapshot.key_for(make_lab(tmp_path, "sn-4", cpus=4), make_image(tmp_path), TCG))
-    monkeypatch.setattr(snapshot, "qemu_identity", lambda: ("QEMU 9", "pc-i440fx-9.0"))
-    key = snapshot.key_for(lab, make_image(tmp_path), TCG)
-    assert snapshot.find(lab, key) is None
+        lab, store.key_for(make_lab(tmp_path, "sn-4", cpus=4), make_image(tmp_path), TCG))
+    monkeypatch.setattr(store, "qemu_identity", lambda: ("QEMU 9", "pc-i440fx-9.0"))
+    key = store.key_for(lab, make_image(tmp_path), TCG)
+    assert store.find(lab, key) is None
     assert not old.exists()
     assert other_shape.exists()  # another VM shape keeps its own snapshot
     out = capsys.readouterr()
@@ -195,7 +196,7 @@ def test_a_failed_save_leaves_no_snapshot(tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.setattr(snapshot, "Session", FakeSession)
 
     def half_written(lab: FakeLab, temp: Path) -> None:
-        (temp / snapshot.STATE).write_bytes(b"half")
+        (temp / store.STATE).write_bytes(b"half")
         raise fault
 
     monkeypatch.setattr(snapshot, "_migrate_to", half_written)
@@ -205,7 +206,7 @@ def test_a_failed_save_leaves_no_snapshot(tmp_path: Path, monkeypatch: pytest.Mo
     else:
         snapshot.save(lab, image, TCG, None)  # type: ignore[arg-type]
         assert "Free space" in capsys.readouterr().err
-    root = snapshot.snapshots_dir(lab.settings)
+    root = store.snapshots_dir(lab.settings)
     assert list(root.iterdir()) == []  # neither a snapshot nor a temporary directory
 
 
@@ -216,26 +217,26 @@ def test_a_completed_save_has_a_manifest_that_validates(tmp_path: Path,
     monkeypatch.setattr(snapshot, "Session", FakeSession)
 
     def migrate(lab: FakeLab, temp: Path) -> None:
-        (temp / snapshot.STATE).write_bytes(os.urandom(4096))
-        (temp / snapshot.DISK).write_bytes(b"disk")
+        (temp / store.STATE).write_bytes(os.urandom(4096))
+        (temp / store.DISK).write_bytes(b"disk")
 
     monkeypatch.setattr(snapshot, "_migrate_to", migrate)
     snapshot.save(lab, image, TCG, None)  # type: ignore[arg-type]
-    key = snapshot.key_for(lab, image, TCG)
-    found = snapshot.find(lab, key)
+    key = store.key_for(lab, image, TCG)
+    found = store.find(lab, key)
     assert found is not None
-    assert snapshot.boot_id_of(found).startswith("6b2c3f1e")
+    assert store.boot_id_of(found).startswith("6b2c3f1e")
 
 
 def test_choose_keeps_a_powered_off_labs_disk(tmp_path: Path) -> None:
     lab = make_lab(tmp_path)
     image = make_image(tmp_path)
-    write_snapshot(lab, snapshot.key_for(lab, image, TCG))
+    write_snapshot(lab, store.key_for(lab, image, TCG))
     lab.overlay.write_bytes(b"own disk")
     assert snapshot.choose(lab, image, TCG) is None
     assert lab.overlay.exists()
     # a disk on a snapshot that was since removed is started afresh
-    (lab.directory / snapshot.MARKER).write_text(str(tmp_path / "gone"))
+    (lab.directory / store.MARKER).write_text(str(tmp_path / "gone"))
     assert snapshot.choose(lab, image, TCG) is not None
     assert not lab.overlay.exists()
 
@@ -261,7 +262,7 @@ def test_the_filter_swaps_the_boot_id_across_chunk_boundaries(tmp_path: Path) ->
 def write_boot_id(tmp_path: Path, boot_id: uuid.UUID) -> Path:
     directory = tmp_path / "snap"
     directory.mkdir()
-    (directory / snapshot.MANIFEST).write_text(json.dumps({"boot_id": str(boot_id)}))
+    (directory / store.MANIFEST).write_text(json.dumps({"boot_id": str(boot_id)}))
     return directory
 
 
