@@ -57,3 +57,16 @@ def test_trampoline_targets_are_named(guest: ModuleType) -> None:
 def test_call_targets_decode_rel32(guest: ModuleType) -> None:
     insns = [{"address": "0xffffffffc0302a0c", "bytes": "e8 18 10 fd f0", "text": "call x"}]
     assert guest._call_targets(insns) == {0xFFFFFFFFC0302A0C: 0xFFFFFFFFB12D3A29}
+
+
+def test_symbol_lookups_match_whole_lines_only(guest: ModuleType) -> None:
+    text = KSYMS + "ffffffff81000010 T xdo_set_acl\nffffffff81000020 d data_sym\n"
+    assert guest.symbol_address(text, "do_set_acl") == 0xFFFFFFFF814D3A20
+    assert guest.symbol_address(text, "bpf_prog_2db8534f0e96db99_handle_do_set_acl") == \
+        0xFFFFFFFFC030124C  # a module symbol: `name\t[bpf]`
+    assert guest.symbol_address(text, "set_acl") is None  # only a suffix of other names
+    assert guest.symbol_address(text, "data_sym") is None  # not text
+    assert guest.symbol_address(text, "data_sym", kinds="") == 0xFFFFFFFF81000020
+    assert guest.symbol_at(text, 0xFFFFFFFF814D3A20) == "do_set_acl"
+    assert guest.symbol_at(text, 0xFFFFFFFF814D3A21) is None
+    assert guest.kallsyms_lookup(["do_set_acl", "nope"], text) == {"do_set_acl": 0xFFFFFFFF814D3A20}
