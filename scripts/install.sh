@@ -28,9 +28,10 @@ names=(qemu-system-x86 qemu-utils mmdebstrap e2fsprogs uidmap dpkg binutils open
 if [ "$vagrant" = yes ]; then
     names+=(vagrant vagrant-libvirt libvirt-daemon-system dnsmasq-base)
 fi
-# chromium, fonts-dejavu-core: the `browser` tests render report.html headless (--test only)
+# chromium, fonts-dejavu-core: the `browser` tests render report.html headless; shellcheck:
+#   the test command lints scripts/ (--test only)
 if [ "$test_tools" = yes ]; then
-    names+=(chromium fonts-dejavu-core)
+    names+=(chromium fonts-dejavu-core shellcheck)
 fi
 
 missing=()

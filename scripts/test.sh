@@ -5,6 +5,9 @@ cd "$(dirname "$0")/.."
 ./scripts/install.sh --test
 echo "fentry-lab: ruff" >&2
 .venv/bin/ruff check .
+echo "fentry-lab: shellcheck, actionlint" >&2
+shellcheck scripts/*.sh .ci/run
+.venv/bin/actionlint
 echo "fentry-lab: mypy" >&2
 .venv/bin/mypy
 echo "fentry-lab: import layers (lint-imports)" >&2
