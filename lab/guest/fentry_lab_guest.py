@@ -32,6 +32,14 @@ from elf import (  # type: ignore[import-not-found]
     build_id_from_elf,
     build_id_from_notes,
 )
+from kallsyms import (  # type: ignore[import-not-found]
+    function_end,
+    kallsyms_lookup,
+    read_kallsyms,
+    return_thunk,
+    symbol_at,
+    symbolize,
+)
 
 TRACING = Path("/sys/kernel/tracing")
 CONFIG_FLAGS = ("CONFIG_DEBUG_INFO_BTF", "CONFIG_FUNCTION_TRACER", "CONFIG_DYNAMIC_FTRACE",
@@ -114,92 +122,6 @@ def traceable(functions: list[str]) -> dict[str, bool]:
 
 
 @functools.lru_cache(maxsize=1)
-def read_kallsyms() -> str:
-    """Read once per helper call (about 0.35 s under TCG): each call is one moment of the
-    run (prepare, peek while attached, finish), so the symbols cannot change within it."""
-    with open("/proc/kallsyms") as f:
-        return f.read()
-
-
-def _kallsyms_line(text: str, at: int) -> tuple[int, str]:
-    """The line of /proc/kallsyms text that holds index `at`: (its start, the line)."""
-    start = text.rfind("\n", 0, at) + 1
-    end = text.find("\n", at)
-    return start, text[start:] if end == -1 else text[start:end]
-
-
-def symbol_address(text: str, name: str, kinds: str = "tTwW") -> int | None:
-    """The address of symbol `name` of one of `kinds` ("" for any type), in the core kernel
-    or a module (`name\t[module]`).
-
-    Plain substring search: under TCG a multi-line regex costs ~0.3 s per pass over the
-    ~8 MB of kallsyms, str.find a few milliseconds."""
-    for needle in (f" {name}\n", f" {name}\t"):
-        at = text.find(needle)
-        while at != -1:
-            parts = _kallsyms_line(text, at)[1].split()
-            if len(parts) >= 3 and parts[2] == name and (not kinds or parts[1] in kinds):
-                return int(parts[0], 16)
-            at = text.find(needle, at + 1)
-    return None
-
-
-def symbol_at(text: str, address: int) -> str | None:
-    """The name of the first symbol at exactly `address`, if any."""
-    needle = f"{address:016x} "
-    at = text.find(needle)
-    while at != -1:
-        if at == 0 or text[at - 1] == "\n":
-            parts = _kallsyms_line(text, at)[1].split()
-            if len(parts) >= 3:
-                return parts[2]
-        at = text.find(needle, at + 1)
-    return None
-
-
-def kallsyms_lookup(names: list[str], text: str | None = None) -> dict[str, int]:
-    """Text symbols by name."""
-    text = read_kallsyms() if text is None else text
-    found: dict[str, int] = {}
-    for name in names:
-        address = symbol_address(text, name)
-        if address is not None:
-            found[name] = address
-    return found
-
-
-def symbolize(addresses: list[int], text: str) -> dict[int, str]:
-    """The kallsyms symbol at each address (a BPF trampoline has its own), else the nearest
-    one below it, as name+0xoff."""
-    named: dict[int, str] = {}
-    for target in addresses:
-        name = symbol_at(text, target)
-        if name:
-            named[target] = name
-    rest = [a for a in addresses if a not in named]
-    if rest:
-        named.update(_nearest_symbols(rest))
-    return named
-
-
-def _nearest_symbols(addresses: list[int]) -> dict[int, str]:
-    best: dict[int, tuple[int, str]] = {}
-    with open("/proc/kallsyms") as f:
-        for line in f:
-            parts = line.split()
-            if len(parts) < 3:
-                continue
-            addr = int(parts[0], 16)
-            for target in addresses:
-                if addr <= target and (target not in best or addr > best[target][0]):
-                    best[target] = (addr, parts[2])
-    named = {}
-    for target, (addr, name) in best.items():
-        if target - addr < 1 << 20:
-            named[target] = name if addr == target else f"{name}+{target - addr:#x}"
-    return named
-
-
 def read_kcore(address: int, size: int) -> bytes:
     with open("/proc/kcore", "rb") as f:
         header = f.read(64)
@@ -294,10 +216,6 @@ def _call_targets(insns: list[dict[str, object]]) -> dict[int, int]:
     return targets
 
 
-def _thunk(ksyms: str) -> int | None:
-    return symbol_address(ksyms, "__x86_return_thunk", kinds="")
-
-
 def _name_targets(targets: list[int], functions: dict[str, int], text: str) -> dict[int, str]:
     """Exact kallsyms names; a target inside a peeked function is that function+off
     (the trampoline calls the original body past the patched entry)."""
@@ -323,7 +241,7 @@ def read_trampoline(address: int, functions: dict[str, int], ksyms: str) -> dict
             break
     targets = _call_targets(insns)
     names = _name_targets(sorted(set(targets.values())), functions, ksyms)
-    thunk = _thunk(ksyms)
+    thunk = return_thunk(ksyms)
     for insn in insns:
         target = targets.get(int(str(insn["address"]), 16))
         if target is not None:
@@ -334,26 +252,11 @@ def read_trampoline(address: int, functions: dict[str, int], ksyms: str) -> dict
     return {"address": f"{address:#x}", "bytes": code[:used].hex(" "), "instructions": insns}
 
 
-def _function_end(address: int, text: str) -> int:
-    """The next kallsyms address above `address` (core kallsyms is in address order)."""
-    needle = f"{address:016x} "
-    at = text.find(needle)
-    while at != -1 and at != 0 and text[at - 1] != "\n":
-        at = text.find(needle, at + 1)
-    while at != -1:
-        at = text.find("\n", at) + 1
-        if at == 0 or at >= len(text):
-            break
-        if not text.startswith(needle, at):
-            return int(text[at:at + 16], 16)
-    raise LookupError(f"no symbol after {address:#x} in /proc/kallsyms")
-
-
 def return_instructions(address: int, ksyms: str) -> list[dict[str, object]]:
     """The function's live return instructions: `ret`, or `jmp __x86_return_thunk`."""
-    size = min(max(_function_end(address, ksyms) - address, 16), 8192)
+    size = min(max(function_end(address, ksyms) - address, 16), 8192)
     insns = disassemble(read_kcore(address, size), address)
-    thunk = _thunk(ksyms)
+    thunk = return_thunk(ksyms)
     targets = _call_targets(insns)
     found = []
     for insn in insns:

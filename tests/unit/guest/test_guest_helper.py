@@ -1,7 +1,7 @@
 """Tests of the guest helper's pure parts, run on the host (no VM).
 
 The helper is imported the way it runs in the guest: from a directory holding
-fentry_lab_guest.py and elf.py side by side (the layout pack_sources uploads).
+fentry_lab_guest.py, kallsyms.py and elf.py side by side (the layout pack_sources uploads).
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ needs_objdump = pytest.mark.skipif(shutil.which("objdump") is None,
 def guest_layout(directory: Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     shutil.copy(LAB / "guest" / "fentry_lab_guest.py", directory / "fentry_lab_guest.py")
+    shutil.copy(LAB / "guest" / "kallsyms.py", directory / "kallsyms.py")
     shutil.copy(LAB / "elf.py", directory / "elf.py")
     return directory / "fentry_lab_guest.py"
 

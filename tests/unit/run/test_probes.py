@@ -28,7 +28,8 @@ def test_only_the_probes_files_are_uploaded() -> None:
     assert names(pack_sources(REPO / "bpf", basic.probes)) == [
         "bpf/Makefile", "bpf/acl/acl_event.h", "bpf/acl/fentry.bpf.c", "bpf/acl/fentry.c",
         "bpf/acl/fexit.bpf.c", "bpf/acl/fexit.c", "bpf/loader/lab-loader.c",
-        "guest/elf.py", "guest/fentry_lab_guest.py"]
+        "guest/elf.py", "guest/fentry_lab_guest.py",
+        "guest/kallsyms.py"]
 
 
 def test_headers_included_from_another_directory_come_along() -> None:
@@ -43,12 +44,14 @@ def test_headers_included_from_another_directory_come_along() -> None:
 def test_bcc_probe_needs_no_loader() -> None:
     bcc = load_scenario(REPO / "scenarios" / "acl-bcc.yaml")
     assert names(pack_sources(REPO / "bpf", bcc.probes)) == [
-        "bpf/Makefile", "bpf/bcc/acl_bcc.py", "guest/elf.py", "guest/fentry_lab_guest.py"]
+        "bpf/Makefile", "bpf/bcc/acl_bcc.py", "guest/elf.py", "guest/fentry_lab_guest.py",
+        "guest/kallsyms.py"]
 
 
 def test_the_matrix_uploads_just_the_guest_helper() -> None:
     assert names(pack_sources(REPO / "bpf")) == [
-        "bpf/Makefile", "guest/elf.py", "guest/fentry_lab_guest.py"]
+        "bpf/Makefile", "guest/elf.py", "guest/fentry_lab_guest.py",
+        "guest/kallsyms.py"]
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ from types import ModuleType
 
 import pytest
 
+from lab.guest import kallsyms
 from tests.unit.guest.test_guest_helper import guest_layout
 
 KSYMS = """\
@@ -41,9 +42,9 @@ def guest(tmp_path: Path) -> Iterator[ModuleType]:
             sys.modules["elf"] = saved_elf
 
 
-def test_function_end_is_the_next_symbol_above(guest: ModuleType) -> None:
-    assert guest._function_end(0xFFFFFFFF814D3A20, KSYMS) == 0xFFFFFFFF814D3AD0
-    assert guest._thunk(KSYMS) == 0xFFFFFFFF81A00000
+def test_function_end_is_the_next_symbol_above() -> None:
+    assert kallsyms.function_end(0xFFFFFFFF814D3A20, KSYMS) == 0xFFFFFFFF814D3AD0
+    assert kallsyms.return_thunk(KSYMS) == 0xFFFFFFFF81A00000
 
 
 def test_trampoline_targets_are_named(guest: ModuleType) -> None:
@@ -59,14 +60,15 @@ def test_call_targets_decode_rel32(guest: ModuleType) -> None:
     assert guest._call_targets(insns) == {0xFFFFFFFFC0302A0C: 0xFFFFFFFFB12D3A29}
 
 
-def test_symbol_lookups_match_whole_lines_only(guest: ModuleType) -> None:
+def test_symbol_lookups_match_whole_lines_only() -> None:
     text = KSYMS + "ffffffff81000010 T xdo_set_acl\nffffffff81000020 d data_sym\n"
-    assert guest.symbol_address(text, "do_set_acl") == 0xFFFFFFFF814D3A20
-    assert guest.symbol_address(text, "bpf_prog_2db8534f0e96db99_handle_do_set_acl") == \
+    assert kallsyms.symbol_address(text, "do_set_acl") == 0xFFFFFFFF814D3A20
+    assert kallsyms.symbol_address(text, "bpf_prog_2db8534f0e96db99_handle_do_set_acl") == \
         0xFFFFFFFFC030124C  # a module symbol: `name\t[bpf]`
-    assert guest.symbol_address(text, "set_acl") is None  # only a suffix of other names
-    assert guest.symbol_address(text, "data_sym") is None  # not text
-    assert guest.symbol_address(text, "data_sym", kinds="") == 0xFFFFFFFF81000020
-    assert guest.symbol_at(text, 0xFFFFFFFF814D3A20) == "do_set_acl"
-    assert guest.symbol_at(text, 0xFFFFFFFF814D3A21) is None
-    assert guest.kallsyms_lookup(["do_set_acl", "nope"], text) == {"do_set_acl": 0xFFFFFFFF814D3A20}
+    assert kallsyms.symbol_address(text, "set_acl") is None  # only a suffix of other names
+    assert kallsyms.symbol_address(text, "data_sym") is None  # not text
+    assert kallsyms.symbol_address(text, "data_sym", kinds="") == 0xFFFFFFFF81000020
+    assert kallsyms.symbol_at(text, 0xFFFFFFFF814D3A20) == "do_set_acl"
+    assert kallsyms.symbol_at(text, 0xFFFFFFFF814D3A21) is None
+    assert kallsyms.kallsyms_lookup(["do_set_acl", "nope"], text) == \
+        {"do_set_acl": 0xFFFFFFFF814D3A20}
