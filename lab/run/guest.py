@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from lab.errors import LabFailure
+from lab.image.build import Image
 from lab.results.bundle import write_atomic
 from lab.ssh import Session
 
@@ -150,7 +151,8 @@ def helper_digest() -> str:
 
 class StaticCache:
     """home/static/<kernel build id>-<helper digest>/{objdump,bpftrace-lv}-<function>.txt:
-    what the kernel alone decides, as this version of the guest helper records it."""
+    what the kernel alone decides, as this version of the guest helper records it; and
+    tools-<image>.json, the versions of the tools of one image build (fixed with it)."""
 
     KINDS = ("objdump", "bpftrace-lv")
 
@@ -167,6 +169,26 @@ class StaticCache:
         for kind, texts in (("objdump", facts.objdump), ("bpftrace-lv", facts.bpftrace_lv)):
             for fn, text in texts.items():
                 write_atomic(self.path(kind, fn), text.encode())
+
+    def tools_path(self, image: Image) -> Path:
+        built = hashlib.sha256(str(image.manifest.get("built_at", "")).encode()).hexdigest()
+        return self.directory / f"tools-{image.directory.name}-{built[:12]}.json"
+
+    def tools(self, image: Image) -> dict[str, str] | None:
+        """The recorded tool versions of this image build, or None."""
+        try:
+            value = json.loads(self.tools_path(image).read_text())
+        except (OSError, ValueError):
+            return None
+        return {str(k): str(v) for k, v in value.items()} if isinstance(value, dict) \
+            and value else None
+
+    def store_tools(self, image: Image, tools: object) -> dict[str, str]:
+        """Record what the guest said (a mapping of tool -> version line); returns it."""
+        found = {str(k): str(v) for k, v in tools.items()} if isinstance(tools, dict) else {}
+        if found:
+            write_atomic(self.tools_path(image), json.dumps(found).encode())
+        return found
 
     def read(self, kind: str, fn: str) -> str:
         path = self.path(kind, fn)

@@ -312,7 +312,7 @@ class _Run:
         sc = self.scenario
         cache = StaticCache(self.settings.home, image.build_id)
         probes = [p for p in sc.probes if p.loader == "libbpf"]
-        request = {
+        request: dict[str, object] = {
             "functions": list(sc.requires.functions),
             "objdump": cache.missing("objdump", sc.collect.objdump),
             "bpftrace": cache.missing("bpftrace-lv", sc.collect.bpftrace_lv),
@@ -320,9 +320,13 @@ class _Run:
             "build": {"src": f"{GUEST_SRC}/bpf", "out": build_dir,
                       "targets": build_targets(probes, build_dir)},
         }
+        tools = cache.tools(image)  # fixed with the image's build: asked once, then cached
+        request["tools"] = tools is None
         facts = guest.prepare(request)
         self.kernel_release = facts.kernel.release
-        self.bundle.write_json("kernel.json", {**facts.kernel.raw,
+        if tools is None:
+            tools = cache.store_tools(image, facts.kernel.raw.get("tools"))
+        self.bundle.write_json("kernel.json", {**facts.kernel.raw, "tools": tools,
                                                "image_build_id": image.build_id,
                                                "image": str(image.directory)})
         cache.store(facts)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -66,8 +67,11 @@ def new_lab(labs: list[Lab], tmp_path: Path, tag: str) -> Lab:
 
 
 def snapshot_dirs() -> list[Path]:
+    """trixie's ready snapshots (not trixie-backports': this module's labs never use them,
+    and a truncated one would cost the next user of that release a cold boot)."""
     root = load_settings().home / "snapshots"
-    return [p for p in root.glob("trixie-*")] if root.is_dir() else []
+    return [p for p in root.glob("trixie-*") if re.fullmatch(r"trixie-[0-9a-f]{16}", p.name)] \
+        if root.is_dir() else []
 
 
 def up_from_snapshot(lab: Lab) -> None:

@@ -76,3 +76,17 @@ def test_static_records_follow_the_kernel_and_the_helper(tmp_path: Path) -> None
         ["abc", f"gone-{helper_digest()}", "abc-0123456789ab"])
     assert [p.name for p in (tmp_path / "static").iterdir()] == [cache.directory.name]
     assert prune_static(tmp_path / "nowhere", {"abc"}) == []
+
+
+def test_tool_versions_are_cached_per_image_build(tmp_path: Path) -> None:
+    from lab.image.build import Image
+    cache = StaticCache(tmp_path, "abc")
+    image = Image(tmp_path / "trixie-1234", {"release": "trixie", "built_at": "2026-12-01"})
+    assert cache.tools(image) is None  # first run: the guest is asked
+    said = {"clang": "Debian clang version 19.1.7", "bpftrace": "bpftrace v0.23.2"}
+    assert cache.store_tools(image, said) == said
+    assert cache.tools(image) == said  # later runs: not asked again
+    rebuilt = Image(tmp_path / "trixie-1234", {"release": "trixie", "built_at": "2026-12-02"})
+    assert cache.tools(rebuilt) is None  # a rebuilt image may have newer tools
+    assert cache.store_tools(image, {}) == {}  # nothing said: nothing recorded
+    assert cache.store_tools(image, "garbage") == {}
