@@ -263,6 +263,36 @@ def drain(channel: paramiko.Channel, stdout: bytearray, stderr: bytearray) -> No
         stderr += channel.recv_stderr(65536)
 
 
+def read_line(channel: paramiko.Channel, buffer: bytearray, errors: bytearray,
+              deadline: float) -> bytes | None:
+    """The next line a long-running command printed (without its newline), taken from
+    `buffer` first; stderr is kept in `errors`. None at the deadline; EOFError when the
+    command ended without one; OSError when the guest stops answering keepalives."""
+    alive = _Liveness(channel.get_transport())
+    while True:
+        end = buffer.find(b"\n")
+        if end != -1:
+            line = bytes(buffer[:end])
+            del buffer[:end + 1]
+            return line
+        drained = False
+        while channel.recv_ready():
+            buffer += channel.recv(65536)
+            drained = True
+        while channel.recv_stderr_ready():
+            errors += channel.recv_stderr(65536)
+            drained = True
+        if drained:
+            alive.heard()
+            continue
+        if channel.exit_status_ready() or channel.eof_received or channel.closed:
+            raise EOFError("the command ended")
+        if time.monotonic() > deadline:
+            return None
+        alive.check()
+        select.select([channel], [], [], 0.05)
+
+
 def _pump(channel: paramiko.Channel, out: _Collector, err: _Collector, deadline: float,
           stdin: bytes) -> bool:
     """Feed stdin and read both streams until the command ends; True on the deadline.

@@ -32,7 +32,6 @@ from lab.run.probes import (
     GUEST_SRC,
     build_key,
     pack_sources,
-    restore_build,
     save_build,
     upload_sources,
 )
@@ -139,9 +138,11 @@ def _bench_lab(settings: Settings, backend: Backend, kernel: dict[str, Any],
         # Only what the benchmark needs goes into the guest: bpf/bench/ and the Makefile.
         tarball = pack_sources(settings.bpf_dir,
                                (Probe("bench", "bpf/bench/probes.bpf.c", "libbpf"),))
-        upload_sources(ssh, tarball)
         key = build_key(tarball, image.kernel_release, str(image.manifest["recipe_digest"]))
-        program = _build(ssh, settings, key)
+        build_dir = f"{GUEST_BUILD}/bench-{key}"
+        cache = settings.home / "builds" / f"bench-{key}.tar"
+        upload_sources(ssh, tarball, build_dir, cache)
+        program = _build(ssh, build_dir, cache)
         kernel["cpus"] = ssh.run("nproc", timeout=30).out.strip()
         rounds: dict[str, list[dict[str, Any]]] = {mode: [] for mode in MODES}
         for number in range(1, samples + 1):
@@ -158,10 +159,7 @@ def _bench_lab(settings: Settings, backend: Backend, kernel: dict[str, Any],
                 save()
 
 
-def _build(ssh: Session, settings: Settings, key: str) -> str:
-    build_dir = f"{GUEST_BUILD}/bench-{key}"
-    cache = settings.home / "builds" / f"bench-{key}.tar"
-    restore_build(ssh, build_dir, cache)
+def _build(ssh: Session, build_dir: str, cache: Path) -> str:
     program = f"{build_dir}/bench/bench"
     started = time.monotonic()
     script = (f"[ -x {program} ] && exit 0; "

@@ -1,31 +1,27 @@
 #!/usr/bin/env python3
 """The lab's helper inside the guest (stdlib only; uploaded with the probes).
 
-Each subcommand prints one JSON document on stdout, so the host needs one SSH round trip
-per phase of a scenario run:
+`serve` answers a run's requests (one JSON line each on stdin, one JSON line each on
+stdout) from one process; each other subcommand answers one request, JSON on stdin, one JSON
+document on stdout:
 
   prepare   preflight checks, kernel facts, probe build, static disassembly, bpftrace -lv,
             trace buffer cleared, live bytes "before"
   facts     the same facts for any functions, without building or clearing anything
   peek      live bytes of functions (while attached, after detaching)
   finish    live bytes "after" and the bpf_printk lines from the trace buffer
-
-Input comes as JSON on stdin.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import re
 import struct
 import subprocess
 import sys
-import tempfile
-from concurrent.futures import ThreadPoolExecutor
+import threading
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from elf import (  # type: ignore[import-not-found]
@@ -33,13 +29,17 @@ from elf import (  # type: ignore[import-not-found]
     build_id_from_notes,
 )
 from kallsyms import (  # type: ignore[import-not-found]
+    Symbols,
     function_end,
     kallsyms_lookup,
-    read_kallsyms,
     return_thunk,
     symbol_at,
     symbolize,
 )
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing costs 40 ms of the helper's start under TCG; only for annotations
+    from typing import Any, Callable
 
 TRACING = Path("/sys/kernel/tracing")
 CONFIG_FLAGS = ("CONFIG_DEBUG_INFO_BTF", "CONFIG_FUNCTION_TRACER", "CONFIG_DYNAMIC_FTRACE",
@@ -47,6 +47,37 @@ CONFIG_FLAGS = ("CONFIG_DEBUG_INFO_BTF", "CONFIG_FUNCTION_TRACER", "CONFIG_DYNAM
                 "CONFIG_X86_KERNEL_IBT", "CONFIG_CALL_PADDING", "CONFIG_FPROBE",
                 "CONFIG_MITIGATION_RETHUNK", "CONFIG_RETHUNK")
 PEEK_BYTES = 16
+
+
+class Later:
+    """A call run on its own thread (concurrent.futures would cost 60 ms of start-up under
+    TCG); result() waits, then returns or raises what the call did. Heavy calls (a build,
+    an objdump of vmlinux) take one of HEAVY's slots: the guest has 2 vCPUs."""
+
+    HEAVY = threading.BoundedSemaphore(3)
+
+    def __init__(self, func: Callable[..., Any], *args: Any, heavy: bool = False) -> None:
+        self._value: Any = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(func, args, heavy),
+                                        daemon=True)
+        self._thread.start()
+
+    def _run(self, func: Callable[..., Any], args: tuple[Any, ...], heavy: bool) -> None:
+        try:
+            if heavy:
+                with self.HEAVY:
+                    self._value = func(*args)
+            else:
+                self._value = func(*args)
+        except BaseException as exc:  # handed to the caller by result()
+            self._error = exc
+
+    def result(self) -> Any:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._value
 
 
 def kernel_version(release: str) -> list[int]:
@@ -99,9 +130,8 @@ def tool_versions() -> dict[str, str]:
     argvs = {"bpftrace": ["bpftrace", "--version"], "bpftool": ["bpftool", "version"],
              "clang": ["clang", "--version"],
              "libbpf": ["dpkg-query", "-W", "-f", "libbpf ${Version}", "libbpf-dev"]}
-    with ThreadPoolExecutor(max_workers=len(argvs)) as pool:
-        futures = {name: pool.submit(tool_version, argv) for name, argv in argvs.items()}
-        return {name: future.result() for name, future in futures.items()}
+    asked = {name: Later(tool_version, argv) for name, argv in argvs.items()}
+    return {name: later.result() for name, later in asked.items()}
 
 
 def tool_version(argv: list[str]) -> str:
@@ -123,7 +153,6 @@ def traceable(functions: list[str]) -> dict[str, bool]:
     return {fn: fn in found for fn in functions}
 
 
-@functools.lru_cache(maxsize=1)
 def read_kcore(address: int, size: int) -> bytes:
     with open("/proc/kcore", "rb") as f:
         header = f.read(64)
@@ -141,13 +170,17 @@ def read_kcore(address: int, size: int) -> bytes:
 
 
 def disassemble(code: bytes, address: int) -> list[dict[str, object]]:
-    with tempfile.NamedTemporaryFile(suffix=".bin") as tmp:
-        tmp.write(code)
-        tmp.flush()
+    # The bytes go to objdump in an anonymous memory file: no temporary file on the guest's
+    # disk (a full disk cannot stop it, and no file of ours shows up in a user's traces).
+    fd = os.memfd_create("fentry-lab-code")
+    try:
+        os.write(fd, code)
         out = subprocess.run(
             ["objdump", "-D", "-b", "binary", "-m", "i386:x86-64",
-             f"--adjust-vma={address:#x}", tmp.name],
-            capture_output=True, text=True, check=True).stdout
+             f"--adjust-vma={address:#x}", f"/proc/self/fd/{fd}"],
+            capture_output=True, text=True, check=True, pass_fds=(fd,)).stdout
+    finally:
+        os.close(fd)
     insns: list[dict[str, object]] = []
     for line in out.splitlines():
         m = re.match(r"\s*([0-9a-f]+):\t([0-9a-f ]+?)\s*\t(.*)", line)
@@ -160,11 +193,26 @@ def disassemble(code: bytes, address: int) -> list[dict[str, object]]:
     return insns
 
 
-def peek(functions: list[str], ksyms: str | None = None) -> dict[str, object]:
-    ksyms = read_kallsyms() if ksyms is None else ksyms  # once per call: 0.35 s under TCG
-    addresses = kallsyms_lookup(functions, ksyms)
+def peek(functions: list[str], symbols: Symbols,
+         known: dict[str, Any] | None = None) -> dict[str, object]:
+    """The live entry bytes of each function, the call its entry makes (a BPF trampoline,
+    read and disassembled too) and its live return instructions.
+
+    `known` carries what an earlier peek of this run found per function (address, end,
+    return thunk): functions do not move, so kallsyms is then read only to name a call.
+    """
+    known = known or {}
+    hints = {fn: known[fn] for fn in functions if isinstance(known.get(fn), dict)
+             and "address" in known[fn] and "end" in known[fn] and "thunk" in known[fn]}
+    unknown = [fn for fn in functions if fn not in hints]
+    found = kallsyms_lookup(unknown, symbols.text) if unknown else {}
+    addresses = {fn: int(hints[fn]["address"], 16) if fn in hints else found[fn]
+                 for fn in functions if fn in hints or fn in found}
     result: dict[str, object] = {}
     calls: dict[str, int] = {}
+    # The returns are read beside the entries.
+    returns = {fn: Later(_guarded, _returns_of, fn, addr, hints.get(fn), symbols)
+               for fn, addr in addresses.items()}
     for fn in functions:
         if fn not in addresses:
             result[fn] = {"error": "not in /proc/kallsyms"}
@@ -172,7 +220,8 @@ def peek(functions: list[str], ksyms: str | None = None) -> dict[str, object]:
         addr = addresses[fn]
         code = read_kcore(addr, PEEK_BYTES)
         insns = disassemble(code, addr)
-        result[fn] = {"address": f"{addr:#x}", "bytes": code.hex(" "), "instructions": insns}
+        result[fn] = {"address": f"{addr:#x}", "bytes": code.hex(" "),
+                      "instructions": insns}
         # A 5-byte call or jmp (e8/e9 rel32; 7.x kernels patch a jmp): name its target.
         for insn in insns:
             raw = bytes.fromhex(str(insn["bytes"]).replace(" ", ""))
@@ -180,18 +229,36 @@ def peek(functions: list[str], ksyms: str | None = None) -> dict[str, object]:
                 at = int(str(insn["address"]), 16)
                 calls[fn] = at + 5 + struct.unpack("<i", raw[1:])[0]
     if calls:
-        names = symbolize(list(calls.values()), ksyms)
+        names = symbolize(list(calls.values()), symbols.text)
         for fn, target in calls.items():
             entry = result[fn]
             assert isinstance(entry, dict)
             entry["call_target"] = {"address": f"{target:#x}", "symbol": names.get(target)}
             if str(names.get(target, "")).startswith("bpf_trampoline_"):
-                entry["trampoline"] = _guarded(read_trampoline, target, addresses, ksyms)
-    for fn, addr in addresses.items():
+                entry["trampoline"] = _guarded(read_trampoline, target, addresses,
+                                               symbols.text)
+    for fn, later in returns.items():
         entry = result[fn]
         assert isinstance(entry, dict)
-        entry["returns"] = _guarded(return_instructions, addr, ksyms)
+        reply = later.result()
+        if isinstance(reply, dict):  # _guarded's {"error": ...}
+            entry["returns"] = reply
+            continue
+        entry["returns"], end, thunk = reply
+        entry["end"] = f"{end:#x}"
+        entry["thunk"] = f"{thunk:#x}" if thunk is not None else None
     return result
+
+
+def _returns_of(fn: str, address: int, hint: dict[str, Any] | None,
+                symbols: Symbols) -> tuple[list[dict[str, object]], int, int | None]:
+    """(return instructions, function end, return thunk), the last two from the hint."""
+    if hint is not None:
+        end = int(hint["end"], 16)
+        thunk = int(hint["thunk"], 16) if hint["thunk"] else None
+    else:
+        end, thunk = function_end(address, symbols.text), return_thunk(symbols.text)
+    return return_instructions(address, end, thunk), end, thunk
 
 
 # --- report data: the trampoline a patched entry calls, and a function's returns -------
@@ -254,11 +321,11 @@ def read_trampoline(address: int, functions: dict[str, int], ksyms: str) -> dict
     return {"address": f"{address:#x}", "bytes": code[:used].hex(" "), "instructions": insns}
 
 
-def return_instructions(address: int, ksyms: str) -> list[dict[str, object]]:
+def return_instructions(address: int, end: int,
+                        thunk: int | None) -> list[dict[str, object]]:
     """The function's live return instructions: `ret`, or `jmp __x86_return_thunk`."""
-    size = min(max(function_end(address, ksyms) - address, 16), 8192)
+    size = min(max(end - address, 16), 8192)
     insns = disassemble(read_kcore(address, size), address)
-    thunk = return_thunk(ksyms)
     targets = _call_targets(insns)
     found = []
     for insn in insns:
@@ -311,26 +378,25 @@ def build_probes(request: dict[str, Any]) -> dict[str, object]:
 
 def prepare(request: dict[str, Any]) -> dict[str, object]:
     functions = [str(f) for f in request.get("functions", [])]
+    symbols = Symbols().prefetch()  # kernel time: it runs beside the reads below
+    listed = Later(traceable, functions)
     facts = kernel_facts(tools=bool(request.get("tools", True)))
-    report: dict[str, object] = {"kernel": facts, "traceable": traceable(functions)}
-    ksyms = read_kallsyms()
-    available = kallsyms_lookup(functions, ksyms)
+    report: dict[str, object] = {"kernel": facts, "traceable": listed.result()}
+    available = kallsyms_lookup(functions, symbols.text)
     report["in_kallsyms"] = {fn: fn in available for fn in functions}
     if request.get("preflight_only"):
         return report
     vmlinux = facts["debug_vmlinux"]
-    with ThreadPoolExecutor(max_workers=3) as pool:  # the guest has 2 vCPUs; objdump is slow
-        build = pool.submit(build_probes, request.get("build", {}))
-        dumps = {fn: pool.submit(objdump_function, str(vmlinux), fn)
-                 for fn in request.get("objdump", [])} if vmlinux else {}
-        listings = {fn: pool.submit(bpftrace_lv, fn)
-                    for fn in request.get("bpftrace", [])}
-        report["build"] = build.result()
-        report["objdump"] = {fn: f.result() for fn, f in dumps.items()}
-        report["bpftrace_lv"] = {fn: f.result() for fn, f in listings.items()}
+    build = Later(build_probes, request.get("build", {}), heavy=True)
+    dumps = {fn: Later(objdump_function, str(vmlinux), fn, heavy=True)
+             for fn in request.get("objdump", [])} if vmlinux else {}
+    listings = {fn: Later(bpftrace_lv, fn, heavy=True) for fn in request.get("bpftrace", [])}
     if not request.get("keep_trace"):
         (TRACING / "trace").write_text("")  # start from an empty trace buffer
-    report["live_before"] = peek([str(f) for f in request.get("live", [])], ksyms)
+    report["live_before"] = peek([str(f) for f in request.get("live", [])], symbols)
+    report["build"] = build.result()
+    report["objdump"] = {fn: later.result() for fn, later in dumps.items()}
+    report["bpftrace_lv"] = {fn: later.result() for fn, later in listings.items()}
     return report
 
 
@@ -348,32 +414,70 @@ def read_trace() -> list[str]:
     return [line for line in lines if line.strip() and not line.startswith("#")]
 
 
+COMMANDS = ("prepare", "facts", "peek", "finish")
+
+
+def answer(command: str, request: dict[str, Any]) -> dict[str, object]:
+    if command == "prepare":
+        return prepare(request)
+    if command == "facts":
+        return facts(request)
+    live = [str(f) for f in request.get("live", [])]
+    # While attached, the entry calls a trampoline that only kallsyms names: read it now,
+    # beside the objdumps. After detaching, read it only if something needs it.
+    symbols = Symbols().prefetch() if command == "peek" and live else Symbols()
+    result: dict[str, object] = {"live": peek(live, symbols, request.get("known"))}
+    if command == "finish":
+        result["trace"] = read_trace()
+    return result
+
+
+def os_error(exc: OSError) -> str:
+    """One line for the host; a full disk is the usual cause, so look at the disk."""
+    root = os.statvfs("/")
+    full = root.f_bavail * root.f_frsize < (1 << 20)
+    if full:
+        return f"fentry-lab-guest: No space left on device (the root disk is full): {exc}"
+    return f"fentry-lab-guest: {exc}"
+
+
+def serve() -> int:
+    """One helper for a whole run: a JSON request per line on stdin, a JSON reply per line
+    on stdout, until stdin closes. Under TCG each Python start with its imports costs about
+    0.4 s, so a run that asks three times pays it once."""
+    print(json.dumps({"ready": os.getpid()}), flush=True)
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        try:
+            call = json.loads(line)
+            command, request = str(call["command"]), dict(call.get("request") or {})
+            if command not in COMMANDS:
+                raise ValueError(f"unknown command {command!r}")
+            reply: dict[str, object] = {"reply": answer(command, request)}
+        except OSError as exc:
+            reply = {"error": os_error(exc)}
+        except Exception as exc:  # the host shows it: a helper bug must not hang the run
+            reply = {"error": f"fentry-lab-guest: {type(exc).__name__}: {exc}"}
+        print(json.dumps(reply), flush=True)
+    return 0
+
+
 def main() -> int:
     command = sys.argv[1] if len(sys.argv) > 1 else ""
-    request = json.loads(sys.stdin.read() or "{}")
-    if command == "prepare":
-        result = prepare(request)
-    elif command == "facts":
-        result = facts(request)
-    elif command == "peek":
-        result = {"live": peek([str(f) for f in request.get("live", [])])}
-    elif command == "finish":
-        result = {"live": peek([str(f) for f in request.get("live", [])]),
-                  "trace": read_trace()}
-    else:
-        print(f"usage: {sys.argv[0]} prepare|facts|peek|finish < request.json", file=sys.stderr)
+    if command == "serve":
+        return serve()
+    if command not in COMMANDS:
+        print(f"usage: {sys.argv[0]} serve | prepare|facts|peek|finish < request.json",
+              file=sys.stderr)
         return 2
-    json.dump(result, sys.stdout)
+    json.dump(answer(command, json.loads(sys.stdin.read() or "{}")), sys.stdout)
     return 0
 
 
 if __name__ == "__main__":
     try:
         sys.exit(main())
-    except OSError as exc:  # a full disk is the usual cause: say it in one line for the host
-        # (tempfile says "No usable temporary directory", not ENOSPC, so look at the disk.)
-        root = os.statvfs("/")
-        full = root.f_bavail * root.f_frsize < (1 << 20)
-        why = "No space left on device (the root disk is full)" if full else str(exc)
-        print(f"fentry-lab-guest: {why}: {exc}", file=sys.stderr)
+    except OSError as exc:
+        print(os_error(exc), file=sys.stderr)
         sys.exit(3)

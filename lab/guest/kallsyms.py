@@ -7,12 +7,49 @@ lines about a second, and str.find a few milliseconds.
 
 from __future__ import annotations
 
+import threading
+
 
 def read_kallsyms() -> str:
     """Read once per helper call (about 0.35 s under TCG): each call is one moment of the
     run (prepare, peek while attached, finish), so the symbols cannot change within it."""
     with open("/proc/kallsyms") as f:
         return f.read()
+
+
+class Symbols:
+    """/proc/kallsyms for one helper call: read at most once, when first needed, or in the
+    background (prefetch) while the caller does other work; the read is kernel time, so it
+    runs beside a thread or an objdump."""
+
+    def __init__(self, text: str | None = None) -> None:
+        self._text = text
+        self._thread: threading.Thread | None = None
+        self._error: OSError | None = None
+
+    def prefetch(self) -> Symbols:
+        if self._text is None and self._thread is None:
+            self._thread = threading.Thread(target=self._read, daemon=True)
+            self._thread.start()
+        return self
+
+    def _read(self) -> None:
+        try:
+            self._text = read_kallsyms()
+        except OSError as exc:
+            self._error = exc
+
+    @property
+    def text(self) -> str:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        elif self._text is None and self._error is None:
+            self._read()
+        if self._error is not None:
+            raise self._error
+        assert self._text is not None
+        return self._text
 
 
 def _kallsyms_line(text: str, at: int) -> tuple[int, str]:

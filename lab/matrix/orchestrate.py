@@ -230,12 +230,13 @@ def collect_facts(settings: Settings, scenario: Scenario, ssh: Session, image: I
     static = ["__fentry__", *functions]
     cache = StaticCache(settings.home, image.build_id)
     upload_sources(ssh, pack_sources(settings.bpf_dir))  # the guest helper only
-    facts = GuestHelper(ssh).facts({
-        "functions": functions,
-        "objdump": cache.missing("objdump", static),
-        "bpftrace": cache.missing("bpftrace-lv", functions),
-        "live": functions,
-    })
+    with GuestHelper(ssh) as guest:
+        facts = guest.facts({
+            "functions": functions,
+            "objdump": cache.missing("objdump", static),
+            "bpftrace": cache.missing("bpftrace-lv", functions),
+            "live": functions,
+        })
     cache.store(facts)
     for fn in static:
         write_atomic(out / f"objdump-{fn}.txt", cache.read("objdump", fn).encode())

@@ -1,26 +1,33 @@
 """Typed client of the guest helper (lab/guest/fentry_lab_guest.py) and the static cache.
 
-The helper runs in the guest, reads a JSON request on stdin and answers JSON on stdout.
-Its replies become the dataclasses below here, in one place, so the runner and the matrix
-never index dicts by hand. Static artefacts (objdump listings, `bpftrace -lv` output)
-depend only on the kernel, so they are cached on the host by the kernel's build ID.
+The helper runs in the guest, one process per run, reading a JSON request per line on
+stdin and answering a JSON line on stdout. Its replies become the dataclasses below here,
+in one place, so the runner and the matrix never index dicts by hand. Static artefacts
+(objdump listings, `bpftrace -lv` output) depend only on the kernel, so they are cached
+on the host by the kernel's build ID.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
+import shlex
 import shutil
+import threading
+import time
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
-from lab.errors import LabFailure
+import paramiko
+
+from lab.errors import LabError, LabFailure
 from lab.image.build import Image
 from lab.results.bundle import write_atomic
-from lab.ssh import Session
+from lab.ssh import Session, read_line
 
 GUEST_ROOT = "/opt/fentry-lab"
 GUEST_SRC = f"{GUEST_ROOT}/src"
@@ -91,29 +98,99 @@ class LiveReply:
 
 
 class GuestHelper:
-    """Calls the helper over an SSH session; every failure is a LabFailure."""
+    """One helper process in the guest for the whole run (its `serve` command) on its own
+    SSH channel, started by the first call; every failure is a LabFailure. Close it (or use
+    it as a context manager): closing its stdin ends it."""
 
-    def __init__(self, ssh: Session) -> None:
+    def __init__(self, ssh: Session, helper: str = HELPER) -> None:
         self.ssh = ssh
+        self.helper = helper
+        self._channel: paramiko.Channel | None = None
+        self._pid = 0
+        self._out = bytearray()
+        self._err = bytearray()
+        self._lock = threading.Lock()  # one request at a time (a peek runs on a thread)
+
+    def __enter__(self) -> GuestHelper:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        channel, self._channel = self._channel, None
+        if channel is not None:
+            with contextlib.suppress(OSError, paramiko.SSHException, EOFError):
+                channel.shutdown_write()
+            channel.close()
 
     def call(self, command: str, request: Mapping[str, object], timeout: float) -> dict[str, Any]:
-        result = self.ssh.run(["python3", HELPER, command], stdin=json.dumps(request).encode(),
-                              timeout=timeout)
-        err = result.err.strip()
-        if result.exit_status != 0 or result.timed_out:
-            if DISK_FULL in err:
-                raise guest_disk_full(f"The guest helper failed ({command})")
-            why = (f"timed out after {timeout:.0f} s" if result.timed_out
-                   else f"exit {result.exit_status}")
-            raise LabFailure(f"The lab's guest helper failed ({command}, {why}): {err[-2000:]}")
+        with self._lock:
+            line = self._exchange(command, request, timeout)
         try:
-            value = json.loads(result.out)
+            value = json.loads(line)
         except json.JSONDecodeError as exc:
+            self.close()
             raise LabFailure(f"The lab's guest helper answered {command} with something that "
-                             f"is not JSON ({exc}): {result.out[:300]!r}") from None
-        if not isinstance(value, dict):
-            raise LabFailure(f"The lab's guest helper answered {command} with {value!r}.")
-        return value
+                             f"is not JSON ({exc}): {line[:300]!r}") from None
+        if not isinstance(value, dict) or not isinstance(value.get("reply", {}), dict):
+            raise LabFailure(f"The lab's guest helper answered {command} with {value!r:.300}.")
+        if "error" in value:
+            self._fail(command, str(value["error"]))
+        if "reply" not in value:
+            raise LabFailure(f"The lab's guest helper answered {command} with {value!r:.300}.")
+        return dict(value["reply"])
+
+    def _exchange(self, command: str, request: Mapping[str, object], timeout: float) -> bytes:
+        deadline = time.monotonic() + timeout
+        try:
+            channel = self._started()
+            channel.sendall(json.dumps({"command": command, "request": request}).encode()
+                            + b"\n")
+            while True:
+                line = read_line(channel, self._out, self._err, deadline)
+                if line is None:
+                    self._stop()
+                    raise LabFailure(f"The lab's guest helper failed ({command}, timed out "
+                                     f"after {timeout:.0f} s): {self._stderr()}")
+                if not self._pid and line.startswith(b'{"ready":'):
+                    self._pid = int(json.loads(line)["ready"])
+                    continue
+                return line
+        except EOFError:
+            self.close()
+            self._fail(command, self._stderr() or "it exited without an answer")
+        except (OSError, paramiko.SSHException) as exc:
+            self.close()
+            raise LabFailure(f"The SSH connection to the lab failed while the guest helper "
+                             f"ran {command}: {exc}. The VM may have stopped: see `invoke "
+                             "lab.status` and `invoke lab.logs`.") from None
+
+    def _started(self) -> paramiko.Channel:
+        if self._channel is None:
+            # -S: no site-packages (the helper is stdlib only), a faster start under TCG.
+            command = f"exec python3 -S {shlex.quote(self.helper)} serve"
+            self._channel = self.ssh.open_channel(command)
+            self._pid, self._out[:], self._err[:] = 0, b"", b""
+        return self._channel
+
+    def _stop(self) -> None:
+        """A request outlived its deadline: kill the helper and what it runs (an objdump,
+        a build), not just its channel. sshd starts each command in a new session, and the
+        helper is exec'd, so its pid is its process group."""
+        if self._pid:
+            with contextlib.suppress(LabError):
+                self.ssh.run(["kill", "-KILL", f"-{self._pid}"], timeout=10)
+        self.close()
+
+    def _stderr(self) -> str:
+        return self._err.decode("utf-8", "replace").strip()[-2000:]
+
+    @staticmethod
+    def _fail(command: str, err: str) -> NoReturn:
+        if DISK_FULL in err:
+            raise guest_disk_full(f"The guest helper failed ({command})")
+        raise LabFailure(f"The lab's guest helper failed ({command}): {err[-2000:]}")
 
     def prepare(self, request: Mapping[str, object], timeout: float = 600) -> Facts:
         return self._facts("prepare", request, timeout)
@@ -121,11 +198,14 @@ class GuestHelper:
     def facts(self, request: Mapping[str, object], timeout: float = 600) -> Facts:
         return self._facts("facts", request, timeout)
 
-    def peek(self, live: Sequence[str], timeout: float = 120) -> LiveReply:
-        return self._live("peek", live, timeout)
+    def peek(self, live: Sequence[str], known: Mapping[str, Any] | None = None,
+             timeout: float = 120) -> LiveReply:
+        """Live bytes while attached; `known`: what an earlier peek found (known_functions)."""
+        return self._live("peek", live, known, timeout)
 
-    def finish(self, live: Sequence[str], timeout: float = 120) -> LiveReply:
-        return self._live("finish", live, timeout)
+    def finish(self, live: Sequence[str], known: Mapping[str, Any] | None = None,
+               timeout: float = 120) -> LiveReply:
+        return self._live("finish", live, known, timeout)
 
     def _facts(self, command: str, request: Mapping[str, object], timeout: float) -> Facts:
         doc = self.call(command, request, timeout)
@@ -135,12 +215,24 @@ class GuestHelper:
             raise LabFailure(f"The lab's guest helper's {command} reply lacks {exc}: is the "
                              "guest helper from another version of fentry-lab?") from None
 
-    def _live(self, command: str, live: Sequence[str], timeout: float) -> LiveReply:
-        doc = self.call(command, {"live": list(live)}, timeout)
+    def _live(self, command: str, live: Sequence[str], known: Mapping[str, Any] | None,
+              timeout: float) -> LiveReply:
+        doc = self.call(command, {"live": list(live), "known": dict(known or {})}, timeout)
         try:
             return LiveReply.parse(doc)
         except (KeyError, TypeError, ValueError) as exc:
             raise LabFailure(f"The lab's guest helper's {command} reply lacks {exc}.") from None
+
+
+def known_functions(peeked: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """From a peek's reply, what stays true for the run (functions do not move): each
+    function's address and end, and the return thunk. Passed to the next peek, it spares the
+    guest a read of /proc/kallsyms (half a second under TCG)."""
+    known = {}
+    for fn, entry in peeked.items():
+        if isinstance(entry, Mapping) and all(k in entry for k in ("address", "end", "thunk")):
+            known[fn] = {k: entry[k] for k in ("address", "end", "thunk")}
+    return known
 
 
 @functools.cache

@@ -135,21 +135,28 @@ def build_targets(probes: Sequence[Probe], out: str) -> list[str]:
     return targets
 
 
-def upload_sources(ssh: Session, tarball: bytes) -> None:
-    result = ssh.run(f"rm -rf {GUEST_SRC} && mkdir -p {GUEST_SRC} && tar -x -C {GUEST_SRC}",
-                     stdin=tarball, timeout=60)
+def upload_sources(ssh: Session, tarball: bytes, build_dir: str | None = None,
+                   build_cache: Path | None = None) -> None:
+    """Unpack the probe sources in the guest; in the same round trip, seed `build_dir` from
+    the host's build cache (probes built earlier for the same sources and kernel) when the
+    guest has no such directory yet."""
+    script = (f"rm -rf {GUEST_SRC} && mkdir -p {GUEST_SRC} && "
+              # exactly the sources' bytes: the build cache's tarball may follow them
+              f"dd bs=64K iflag=fullblock,count_bytes count={len(tarball)} status=none"
+              f" | tar -x -C {GUEST_SRC}")
+    stdin = tarball
+    if build_dir is not None and build_cache is not None and build_cache.exists():
+        build_cache.touch()  # last used now: `image.prune` keeps builds used recently
+        stdin += build_cache.read_bytes()
+        # Unpacked aside and renamed, so a failed unpack never looks like a build.
+        script += (f" && if [ -d {build_dir} ]; then cat >/dev/null; else "
+                   f"rm -rf {build_dir}.part && mkdir -p {build_dir}.part && "
+                   f"tar -x -C {build_dir}.part && mv {build_dir}.part {build_dir}; fi")
+    result = ssh.run(script, stdin=stdin, timeout=60)
     if result.exit_status != 0:
         if DISK_FULL in result.err:
             raise guest_disk_full("Could not unpack the probe sources in the guest")
         raise LabFailure(f"Could not unpack the probe sources in the guest: {result.err}")
-
-
-def restore_build(ssh: Session, build_dir: str, cache: Path) -> None:
-    """Seed a fresh lab with probes built earlier for the same sources and kernel."""
-    if cache.exists():
-        cache.touch()  # last used now: `image.prune` keeps builds used recently
-        ssh.run(f"[ -d {build_dir} ] || {{ mkdir -p {build_dir} && tar -x -C {build_dir}; }}",
-                stdin=cache.read_bytes(), timeout=60)
 
 
 def save_build(ssh: Session, build_dir: str, cache: Path) -> None:

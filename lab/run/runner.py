@@ -10,9 +10,11 @@ the lab stays up and usable for the next run. Runs on one lab are serialized by 
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import datetime
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,6 +46,7 @@ from lab.run.guest import (
     LiveReply,
     StaticCache,
     guest_disk_full,
+    known_functions,
 )
 from lab.run.phases import Phase, Phases
 from lab.run.preflight import preflight_problems
@@ -54,7 +57,6 @@ from lab.run.probes import (
     build_key,
     build_targets,
     pack_sources,
-    restore_build,
     save_build,
     start_loader,
     upload_sources,
@@ -65,6 +67,7 @@ from lab.ssh import CommandResult, Session
 from lab.vm.accel import Accel
 from lab.vm.base import Backend, LabStatus
 from lab.vm.boot import FATAL, serial_tail
+from lab.vm.health import PROBE_TIMEOUT_S
 
 STEP_TEXT_LIMIT = 64 * 1024  # per stream in steps.jsonl; full output goes to steps/
 __all__ = ["GUEST_SRC", "Outcome", "guest_command", "run_scenario"]
@@ -105,6 +108,21 @@ def check_release(settings: Settings, status: LabStatus) -> None:
             f"(--name), or `invoke lab.destroy --name {settings.name}` first.")
 
 
+def connect_up_lab(backend: Backend, status: LabStatus) -> Session | None:
+    """A session to a lab whose VM runs: connecting is its health check, so an up lab costs
+    one SSH handshake, not two (lab.up's check, then the run's). None if the VM is not
+    running or does not answer: backend.up() then starts it, or says what is wrong."""
+    if status.state != "up":
+        return None
+    try:
+        session = Session(backend.ssh_target(), connect_timeout=PROBE_TIMEOUT_S)
+        session.connect(attempts=1)
+    except LabError:
+        return None
+    console.say(f"lab {status.name!r} is up (pid {status.pid}, ssh port {status.ssh_port})")
+    return session
+
+
 def run_scenario(settings: Settings, scenario: Scenario, backend: Backend) -> Outcome:
     """Run one scenario on the lab (brought up if needed); never raises a LabError."""
     started_at = datetime.datetime.now(datetime.UTC)
@@ -121,16 +139,19 @@ def run_scenario(settings: Settings, scenario: Scenario, backend: Backend) -> Ou
             "started": started_at.isoformat(timespec="seconds")})
         run = _Run(settings, scenario, bundle, phases)
         with run_lock(settings, backend):
-            check_release(settings, backend.status(probe=False))  # the release only: no SSH
+            before = backend.status(probe=False)  # no SSH
+            check_release(settings, before)
             with phases("lab"):
-                running = backend.up()
-                target = running.target
+                session = connect_up_lab(backend, before)
+                if session is None:
+                    session = Session(backend.up().target)
+                    session.connect()
                 status_info = backend.status(probe=False)
             check_release(settings, status_info)
             run.slowdown = Accel(status_info.accel, "").slowdown
             serial_at = _size(backend.serial_log())
             try:
-                with Session(target) as ssh:
+                with contextlib.closing(session) as ssh:
                     run.execute(ssh, read_image(Path(status_info.image))
                                 if status_info.image else None)
             except LabError as exc:
@@ -224,10 +245,15 @@ class _Run:
         self.loaders: list[RunningLoader] = []
         self.tools: list[RunningTool] = []
         self.trace: list[str] = []
+        self.peeking: concurrent.futures.Future[LiveReply] | None = None
 
     # -- the run -------------------------------------------------------------------------
 
     def execute(self, ssh: Session, booted: Image | None) -> None:
+        with GuestHelper(ssh) as guest:  # one helper process in the guest for the run
+            self._execute(ssh, guest, booted)
+
+    def _execute(self, ssh: Session, guest: GuestHelper, booted: Image | None) -> None:
         # The image the lab booted, even if the recipe changed since (and so its digest).
         image = booted or find_image(self.settings)
         if image is None:
@@ -238,16 +264,14 @@ class _Run:
             console.say(f"kernel {image.kernel_release}: using {resolved.describe_variant()}")
             self.scenario = resolved
             self.live = {fn: {} for fn in resolved.collect.live_text}
-        guest = GuestHelper(ssh)
         # The user's probes first, then the shipped ones (lab.config.Settings.bpf_dirs).
         tarball = pack_sources(self.settings.bpf_dirs, self.scenario.probes)
         key = build_key(tarball, image.kernel_release, str(image.manifest["recipe_digest"]))
         build_dir = f"{GUEST_BUILD}/{key}"
+        build_cache = self.settings.home / "builds" / f"{key}.tar"
         facts: list[Facts] = []
 
         def prepare() -> None:
-            build_cache = self.settings.home / "builds" / f"{key}.tar"
-            restore_build(ssh, build_dir, build_cache)
             try:
                 facts.append(self._prepare(guest, image, build_dir))
             except (ProbeLoadError, LabFailure):
@@ -278,16 +302,20 @@ class _Run:
             except BaseException:  # a half attach: detach what did, keep the loader's log
                 self._detach(ssh)
                 raise
-            self._record_live(guest.peek(list(self.scenario.collect.live_text)), "attached")
+            # The live bytes while attached are read beside the steps (on its own SSH
+            # channel: a second of guest time that no step waits for), before detaching.
+            live = list(self.scenario.collect.live_text)
+            self.peeking = _in_background(lambda: guest.peek(live, self._known()))
 
         def steps() -> None:
             for step in self.scenario.steps:
                 result = self._step(ssh, step, "step")
                 self.checks += check_step(step, result.exit_status, result.out, result.err,
                                           result.timed_out)
+            self._peeked()
 
         self.phases.run([
-            Phase("upload", lambda: upload_sources(ssh, tarball)),
+            Phase("upload", lambda: upload_sources(ssh, tarball, build_dir, build_cache)),
             Phase("preflight+build", prepare),
             Phase("setup", setup),
             # Detaching closes the loaders' stdin: they drain their ring buffers and exit.
@@ -295,7 +323,7 @@ class _Run:
             Phase("steps", steps),
         ])
         with self.phases("collect"):
-            finish = guest.finish(list(self.scenario.collect.live_text))
+            finish = guest.finish(list(self.scenario.collect.live_text), self._known())
             self._record_live(finish, "after")
             self.trace = list(finish.trace)
             self.bundle.write_text("trace_pipe.txt", "".join(f"{t}\n" for t in self.trace))
@@ -391,7 +419,19 @@ class _Run:
             groups.setdefault(key, []).append(probe)
         return [tuple(g) for g in groups.values()]
 
+    def _known(self) -> dict[str, dict[str, object]]:
+        """What the first peek found that stays true for the run (see known_functions)."""
+        return known_functions({fn: phases.get("before") for fn, phases in self.live.items()})
+
+    def _peeked(self) -> None:
+        """Wait for the peek made while attached, and record it; it raises what it raised."""
+        peeking, self.peeking = self.peeking, None
+        if peeking is not None:
+            self._record_live(peeking.result(), "attached")
+
     def _detach(self, ssh: Session) -> None:
+        with contextlib.suppress(LabError, OSError, paramiko.SSHException, EOFError):
+            self._peeked()  # the steps failed before waiting: the bytes must be read first
         own.stop_tools(ssh, self.tools, self.slowdown)
         for tool in self.tools:
             with contextlib.suppress(LabError):
@@ -422,6 +462,14 @@ class _Run:
             for note in decoded.notes:
                 console.warn(note)
         return decoded
+
+
+def _in_background(work: Callable[[], LiveReply]) -> concurrent.futures.Future[LiveReply]:
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="peek")
+    try:
+        return pool.submit(work)
+    finally:
+        pool.shutdown(wait=False)  # the thread ends with its one job
 
 
 def _bounded(data: bytes, dropped: int) -> str:

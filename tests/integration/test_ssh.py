@@ -22,7 +22,9 @@ import pytest
 
 import lab.ssh
 from lab.errors import LabError, LabFailure
+from lab.run.guest import GuestHelper
 from lab.ssh import Session, SshTarget
+from tests.unit.guest.test_guest_helper import guest_layout
 
 SSHD = Path("/usr/sbin/sshd")
 PRIVSEP_DIR = Path("/run/sshd")
@@ -414,3 +416,54 @@ def test_blackout_is_detected_by_keepalive_not_the_deadline(
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGCONT)
                 os.kill(pid, signal.SIGTERM)
+
+
+# --- the guest helper's one process per run, over a real sshd -----------------------------
+
+
+def test_guest_helper_answers_a_run_from_one_process(session: Session, tmp_path: Path) -> None:
+    helper = guest_layout(tmp_path / "guest")
+    with GuestHelper(session, str(helper)) as guest:
+        assert guest.peek([]).live == {}
+        pid = guest._pid
+        assert pid and Path(f"/proc/{pid}").exists()
+        assert guest.peek([], {}).live == {}
+        assert guest._pid == pid  # the same process answered both
+        with pytest.raises(LabFailure, match="unknown command 'nope'"):
+            guest.call("nope", {}, timeout=30)
+        if not Path("/sys/kernel/tracing/trace").exists():  # tracefs is not mounted here
+            with pytest.raises(LabFailure, match=r"failed \(finish\): fentry-lab-guest: "
+                                                 r"\[Errno 2\] No such file"):
+                guest.finish([])
+        assert guest.peek([]).live == {}
+        assert guest._pid == pid  # error replies do not end it
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)  # closing its stdin ended it
+    assert not Path(f"/proc/{pid}").exists()
+
+
+def test_guest_helper_past_its_deadline_is_killed_with_what_it_runs(
+        session: Session, tmp_path: Path) -> None:
+    stuck = tmp_path / "stuck.py"
+    stuck.write_text(
+        "import json, os, subprocess, sys\n"
+        "print(json.dumps({'ready': os.getpid()}), flush=True)\n"
+        "sys.stdin.readline()\n"
+        "child = subprocess.Popen(['sleep', '60'])\n"
+        f"open({str(tmp_path / 'child')!r}, 'w').write(str(child.pid))\n"
+        "child.wait()\n")
+    guest = GuestHelper(session, str(stuck))
+    with pytest.raises(LabFailure, match=r"\(peek, timed out after 2 s\)"):
+        guest.peek(["f"], timeout=2)
+    pids = [guest._pid, int((tmp_path / "child").read_text())]
+    deadline = time.monotonic() + 10
+    while any(Path(f"/proc/{p}").exists() for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(Path(f"/proc/{p}").exists() for p in pids), "the helper or its child lives"
+
+
+def test_a_helper_that_cannot_start_says_why(session: Session, tmp_path: Path) -> None:
+    with GuestHelper(session, str(tmp_path / "missing.py")) as guest, \
+            pytest.raises(LabFailure, match=r"guest helper failed \(prepare\): .*can't open"):
+        guest.prepare({})

@@ -11,7 +11,8 @@ from types import ModuleType
 import pytest
 
 from lab.guest import kallsyms
-from tests.unit.guest.test_guest_helper import guest_layout
+from lab.run.guest import known_functions
+from tests.unit.guest.test_guest_helper import guest_layout, needs_objdump
 
 KSYMS = """\
 ffffffff810c4f30 T __bpf_tramp_enter
@@ -72,3 +73,97 @@ def test_symbol_lookups_match_whole_lines_only() -> None:
     assert kallsyms.symbol_at(text, 0xFFFFFFFF814D3A21) is None
     assert kallsyms.kallsyms_lookup(["do_set_acl", "nope"], text) == \
         {"do_set_acl": 0xFFFFFFFF814D3A20}
+
+
+# -- peeks that spare a read of /proc/kallsyms ------------------------------------------
+
+DO_SET_ACL = 0xFFFFFFFF814D3A20
+ENTRY = bytes.fromhex("66 0f 1f 00 0f 1f 44 00 00 41 55 41 54 55 53 48")
+# ... mov %rdi,%rbx at 0xf; at 0x12 `jmp __x86_return_thunk`, the function's return
+BODY = ENTRY + bytes.fromhex("89 fb e9") + (0xFFFFFFFF81A00000 - (DO_SET_ACL + 0x17)).to_bytes(
+    4, "little", signed=True) + bytes(0xB0 - 0x17)
+
+
+def _fake_kcore(guest: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
+    def read_kcore(address: int, size: int) -> bytes:
+        assert address == DO_SET_ACL
+        return BODY[:size]
+    monkeypatch.setattr(guest, "read_kcore", read_kcore)
+
+
+class CountingSymbols:
+    """guest.Symbols' interface, counting the reads of the text."""
+
+    def __init__(self, text: str) -> None:
+        self._text, self.reads = text, 0
+
+    @property
+    def text(self) -> str:
+        self.reads += 1
+        return self._text
+
+
+@needs_objdump
+def test_a_first_peek_finds_what_later_peeks_are_told(guest: ModuleType,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    _fake_kcore(guest, monkeypatch)
+    symbols = CountingSymbols(KSYMS)
+    first = guest.peek(["do_set_acl"], symbols)["do_set_acl"]
+    assert symbols.reads > 0
+    assert first["end"] == hex(0xFFFFFFFF814D3AD0) and first["thunk"] == hex(0xFFFFFFFF81A00000)
+    assert [r["offset"] for r in first["returns"]] == ["0x12"]  # jmp __x86_return_thunk
+    known = known_functions({"do_set_acl": first, "gone": {"error": "not in /proc/kallsyms"}})
+    assert known == {"do_set_acl": {"address": hex(DO_SET_ACL), "end": first["end"],
+                                    "thunk": first["thunk"]}}
+
+    # After detaching: nothing calls out of the entry, so kallsyms is never read.
+    later = CountingSymbols(KSYMS)
+    again = guest.peek(["do_set_acl"], later, known)["do_set_acl"]
+    assert later.reads == 0
+    assert again == first
+
+
+@needs_objdump
+def test_a_patched_entry_is_named_from_kallsyms_even_when_known(
+        guest: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
+    call = bytes.fromhex("e8") + (0xFFFFFFFF810C45E0 - (DO_SET_ACL + 9)).to_bytes(
+        4, "little", signed=True)
+    patched = ENTRY[:4] + call + ENTRY[9:]
+    monkeypatch.setattr(guest, "read_kcore", lambda address, size: (patched + BODY[16:])[:size])
+    known = {"do_set_acl": {"address": hex(DO_SET_ACL), "end": hex(0xFFFFFFFF814D3AD0),
+                            "thunk": None}}
+    symbols = CountingSymbols(KSYMS)
+    entry = guest.peek(["do_set_acl"], symbols, known)["do_set_acl"]
+    assert symbols.reads > 0
+    assert entry["call_target"]["symbol"] == "__bpf_prog_enter_recur"
+    assert entry["thunk"] is None and entry["returns"] == []  # no thunk known: no `jmp` return
+
+
+def test_symbols_are_read_once_and_prefetch_in_the_background(
+        guest: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
+    kallsyms_module = sys.modules["kallsyms"]
+    reads: list[int] = []
+
+    def read() -> str:
+        reads.append(1)
+        return KSYMS
+    monkeypatch.setattr(kallsyms_module, "read_kallsyms", read)
+    lazy = guest.Symbols()
+    assert reads == []
+    assert lazy.text == KSYMS and lazy.text == KSYMS
+    assert len(reads) == 1
+    early = guest.Symbols().prefetch()
+    assert early.text == KSYMS and len(reads) == 2
+
+    def broken() -> str:
+        raise PermissionError("no /proc/kallsyms")
+    monkeypatch.setattr(kallsyms_module, "read_kallsyms", broken)
+    with pytest.raises(PermissionError):
+        _ = guest.Symbols().prefetch().text
+
+
+def test_later_returns_or_raises_what_the_call_did(guest: ModuleType) -> None:
+    assert guest.Later(lambda a, b: a + b, 2, 3).result() == 5
+    assert guest.Later(sorted, [3, 1], heavy=True).result() == [1, 3]
+    with pytest.raises(ZeroDivisionError):
+        guest.Later(lambda: 1 // 0).result()
