@@ -4,7 +4,9 @@ All in one run, one VM at a time, on labs named sn-bench-*:
   cold     `invoke lab.up` on a new lab with snapshots off (today's nvme fast-boot shape)
   restore  `invoke lab.up` on a new lab that starts from the ready snapshot
   reset    `invoke lab.reset` on an up lab
-  run      `invoke scenario run acl-basic` on an up lab, with its phases from summary.json
+  run      `invoke scenario run acl-basic` as the first run after a reset (the guest's page
+           cache as the snapshot left it), with its phases from summary.json
+  again    the same run once more on that lab (the page cache now warm), with its phases
   fresh    `invoke scenario run acl-basic --fresh`
   ssh      `invoke lab.ssh -c true` on an up lab: the floor under any lab command
 Medians over --runs (cold: one run unless --cold-runs), ratios to cold and to ssh. The
@@ -94,8 +96,8 @@ def main() -> None:
     results = Path(tempfile.mkdtemp(prefix="sn-bench-"))
     lab = f"sn-bench-{os.getpid()}"
     times: dict[str, list[float]] = {k: [] for k in
-                                     ("cold", "restore", "reset", "run", "fresh", "ssh")}
-    phases: list[dict[str, float]] = []
+                                     ("cold", "restore", "reset", "run", "again", "fresh", "ssh")}
+    phases: dict[str, list[dict[str, float]]] = {"run": [], "again": []}
     try:
         invoke(lab, results, "lab.up")  # makes the snapshot if missing (not timed)
         destroy(lab, results)
@@ -106,9 +108,10 @@ def main() -> None:
             times["restore"].append(invoke(lab, results, "lab.up"))
             times["ssh"].append(invoke(lab, results, "lab.ssh", "-c", "true"))
             times["reset"].append(invoke(lab, results, "lab.reset"))
-            times["run"].append(invoke(lab, results, "scenario", "run", args.scenario))
             summary = results / args.scenario / "latest" / "summary.json"
-            phases.append(json.loads(summary.read_text()).get("phases_s", {}))
+            for key in ("run", "again"):
+                times[key].append(invoke(lab, results, "scenario", "run", args.scenario))
+                phases[key].append(json.loads(summary.read_text()).get("phases_s", {}))
             times["fresh"].append(invoke(lab, results, "scenario", "run", args.scenario,
                                          "--fresh"))
             destroy(lab, results)
@@ -120,14 +123,15 @@ def main() -> None:
     print(f"medians over {args.runs} runs (cold: {args.cold_runs}), seconds; "
           f"load {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     targets = {"restore": "<= 0.4x cold and <= 3 s", "reset": "<= 3 s", "run": "<= 5 s",
-               "fresh": "<= 8 s"}
+               "again": "<= 5 s", "fresh": "<= 8 s"}
     for key, value in med.items():
         extra = f"  {value / med['cold']:.2f}x cold" if key == "restore" else ""
         print(f"  {key:8} {value:6.2f}  {value / med['ssh']:5.2f}x ssh{extra}"
               f"  {('target ' + targets[key]) if key in targets else ''}")
-    names = sorted({p for run in phases for p in run})
-    print("  scenario run phases (median s): " + ", ".join(
-        f"{n} {statistics.median(run.get(n, 0.0) for run in phases):.2f}" for n in names))
+    for key, runs in phases.items():
+        names = sorted({p for run in runs for p in run})
+        print(f"  {key} phases (median s): " + ", ".join(
+            f"{n} {statistics.median(run.get(n, 0.0) for run in runs):.2f}" for n in names))
     print("  one restore, split: " + ", ".join(f"{k} {v:.2f}" for k, v in parts.items()))
 
 

@@ -245,7 +245,7 @@ class _Run:
         self.loaders: list[RunningLoader] = []
         self.tools: list[RunningTool] = []
         self.trace: list[str] = []
-        self.peeking: concurrent.futures.Future[LiveReply] | None = None
+        self.peeking: concurrent.futures.Future[None] | None = None
 
     # -- the run -------------------------------------------------------------------------
 
@@ -304,8 +304,9 @@ class _Run:
                 raise
             # The live bytes while attached are read beside the steps (on its own SSH
             # channel: a second of guest time that no step waits for), before detaching.
-            live = list(self.scenario.collect.live_text)
-            self.peeking = _in_background(lambda: guest.peek(live, self._known()))
+            live, known = list(self.scenario.collect.live_text), self._known()
+            self.peeking = _in_background(
+                lambda: self._record_live(guest.peek(live, known), "attached"))
 
         def steps() -> None:
             for step in self.scenario.steps:
@@ -424,10 +425,11 @@ class _Run:
         return known_functions({fn: phases.get("before") for fn, phases in self.live.items()})
 
     def _peeked(self) -> None:
-        """Wait for the peek made while attached, and record it; it raises what it raised."""
+        """Wait for the peek made while attached (it records what it read as soon as it has
+        it); this raises what it raised."""
         peeking, self.peeking = self.peeking, None
         if peeking is not None:
-            self._record_live(peeking.result(), "attached")
+            peeking.result()
 
     def _detach(self, ssh: Session) -> None:
         with contextlib.suppress(LabError, OSError, paramiko.SSHException, EOFError):
@@ -464,7 +466,7 @@ class _Run:
         return decoded
 
 
-def _in_background(work: Callable[[], LiveReply]) -> concurrent.futures.Future[LiveReply]:
+def _in_background(work: Callable[[], None]) -> concurrent.futures.Future[None]:
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="peek")
     try:
         return pool.submit(work)
