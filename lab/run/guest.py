@@ -180,7 +180,7 @@ class GuestHelper:
         helper is exec'd, so its pid is its process group."""
         if self._pid:
             with contextlib.suppress(LabError):
-                self.ssh.run(["kill", "-KILL", f"-{self._pid}"], timeout=10)
+                self.ssh.run(["/bin/kill", "-s", "KILL", "--", f"-{self._pid}"], timeout=10)
         self.close()
 
     def _stderr(self) -> str:

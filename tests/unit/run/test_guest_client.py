@@ -162,7 +162,7 @@ def test_a_request_past_its_deadline_kills_the_helper_group() -> None:
     session = FakeSession(exits=False)
     with pytest.raises(LabFailure, match=r"\(prepare, timed out after 1 s\)"):
         helper(session).prepare({}, timeout=1)
-    assert session.killed == [["kill", "-KILL", "-4242"]]
+    assert session.killed == [["/bin/kill", "-s", "KILL", "--", "-4242"]]
 
 
 def test_static_records_follow_the_kernel_and_the_helper(tmp_path: Path) -> None:
