@@ -94,8 +94,8 @@ def pack_sources(bpf_dirs: Path | Sequence[Path], probes: Sequence[Probe] = ()) 
             if name not in found:
                 found[name] = _safe_file(path, bpf_dir.parent)
     members = sorted(found.items())
-    members.append(("guest/fentry_lab_guest.py", LAB_DIR / "guest" / "fentry_lab_guest.py"))
-    members.append(("guest/kallsyms.py", LAB_DIR / "guest" / "kallsyms.py"))
+    # The guest helper: its modules, and the ELF reader it shares with the host.
+    members += [(f"guest/{path.name}", path) for path in (LAB_DIR / "guest").glob("*.py")]
     members.append(("guest/elf.py", LAB_DIR / "elf.py"))
     members.sort()
     buf = io.BytesIO()

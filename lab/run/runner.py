@@ -30,12 +30,12 @@ from lab.errors import (
     ProbeLoadError,
     ScenarioError,
 )
-from lab.host import file_lock
 from lab.image.build import Image, find_image, read_image
 from lab.results.bundle import ResultsBundle
 from lab.results.check import Check
 from lab.results.report import try_write_report
 from lab.run import own
+from lab.run.access import check_release, connect_up_lab, log_size, run_lock, with_serial
 from lab.run.decode import Decoded
 from lab.run.expect import check_events, check_step, check_trace
 from lab.run.expect_more import check_maps, check_output, without_lab_processes
@@ -66,8 +66,6 @@ from lab.scenario.model import Probe, Scenario, Step, kernel_version
 from lab.ssh import CommandResult, Session
 from lab.vm.accel import Accel
 from lab.vm.base import Backend, LabStatus
-from lab.vm.boot import FATAL, serial_tail
-from lab.vm.health import PROBE_TIMEOUT_S
 
 STEP_TEXT_LIMIT = 64 * 1024  # per stream in steps.jsonl; full output goes to steps/
 __all__ = ["GUEST_SRC", "Outcome", "guest_command", "run_scenario"]
@@ -88,39 +86,6 @@ def guest_command(step: Step) -> list[str]:
     if step.user == "root":
         return list(step.command)
     return ["runuser", "-u", step.user, "--", *step.command]
-
-
-def run_lock(settings: Settings, backend: Backend) -> contextlib.AbstractContextManager[None]:
-    """One `scenario run` per lab at a time; the lock lives in the backend's lab directory,
-    so `lab.destroy` removes it with the lab."""
-    return file_lock(backend.lab_dir / "run.lock", wait=True,
-                     busy=f"another `scenario run` is using lab {settings.name!r}: waiting "
-                          "for it to finish")
-
-
-def check_release(settings: Settings, status: LabStatus) -> None:
-    """A lab keeps the release it booted: refuse to run a scenario for another one on it."""
-    if status.state == "up" and status.release and status.release != settings.release:
-        raise ScenarioError(
-            f"Lab {settings.name!r} is up on {status.release} (kernel "
-            f"{status.kernel_release}), but this run asks for {settings.release}. Nothing "
-            f"was run. Either run on it with --release {status.release}, or use another lab "
-            f"(--name), or `invoke lab.destroy --name {settings.name}` first.")
-
-
-def connect_up_lab(backend: Backend, status: LabStatus) -> Session | None:
-    """A session to a lab whose VM runs: connecting is its health check, so an up lab costs
-    one SSH handshake, not two (lab.up's check, then the run's). None if the VM is not
-    running or does not answer: backend.up() then starts it, or says what is wrong."""
-    if status.state != "up":
-        return None
-    try:
-        session = Session(backend.ssh_target(), connect_timeout=PROBE_TIMEOUT_S)
-        session.connect(attempts=1)
-    except LabError:
-        return None
-    console.say(f"lab {status.name!r} is up (pid {status.pid}, ssh port {status.ssh_port})")
-    return session
 
 
 def run_scenario(settings: Settings, scenario: Scenario, backend: Backend) -> Outcome:
@@ -149,7 +114,7 @@ def run_scenario(settings: Settings, scenario: Scenario, backend: Backend) -> Ou
                 status_info = backend.status(probe=False)
             check_release(settings, status_info)
             run.slowdown = Accel(status_info.accel, "").slowdown
-            serial_at = _size(backend.serial_log())
+            serial_at = log_size(backend.serial_log())
             try:
                 with contextlib.closing(session) as ssh:
                     run.execute(ssh, read_image(Path(status_info.image))
@@ -158,10 +123,10 @@ def run_scenario(settings: Settings, scenario: Scenario, backend: Backend) -> Ou
                 if exc.code != LabFailure.default_code:
                     raise
                 # The SSH layer's "connection lost" and the like: name a panic if there was one.
-                raise LabFailure(_with_serial(str(exc), backend.serial_log(), serial_at)) \
+                raise LabFailure(with_serial(str(exc), backend.serial_log(), serial_at)) \
                     from None
             except (OSError, paramiko.SSHException, EOFError) as exc:
-                raise LabFailure(_with_serial(
+                raise LabFailure(with_serial(
                     f"The SSH connection to the lab failed: {exc}.", backend.serial_log(),
                     serial_at)) from None
     except LabError as exc:
@@ -205,29 +170,6 @@ def run_scenario(settings: Settings, scenario: Scenario, backend: Backend) -> Ou
     if (problem := try_write_report(bundle.path)) is not None:  # never raises
         console.warn(problem)
     return Outcome(status, bundle.path, checks, error, exit_code, phases.times)
-
-
-def _size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except OSError:
-        return 0
-
-
-def _with_serial(message: str, serial: Path, since: int) -> str:
-    """A lab failure's message, naming a kernel panic when the serial log shows one."""
-    try:
-        with serial.open("rb") as log:
-            log.seek(since)
-            seen = log.read()
-    except OSError:
-        return message
-    fatal = FATAL.search(seen)
-    if fatal:
-        message = (f"The guest kernel crashed during the run "
-                   f"({fatal.group(1).decode(errors='replace').strip()}). {message} "
-                   "Restart the lab: `invoke lab.destroy && invoke lab.up`.")
-    return message + serial_tail(serial)
 
 
 class _Run:

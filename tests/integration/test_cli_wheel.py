@@ -103,7 +103,8 @@ def test_the_wheel_carries_the_guest_files(installed: Path) -> None:
     root, names = proc.stdout.splitlines()
     assert root.endswith("site-packages/lab/_data")
     for name in ("bpf/loader/lab-loader.c", "bpf/Makefile", "bpf/acl/fentry.bpf.c",
-                 "guest/fentry_lab_guest.py", "guest/kallsyms.py", "guest/elf.py"):
+                 "guest/fentry_lab_guest.py", "guest/kallsyms.py", "guest/later.py",
+                 "guest/live.py", "guest/elf.py"):
         assert name in names.split()
     assert (Path(root) / "images" / "customize.sh").stat().st_mode & 0o100
 
@@ -118,8 +119,7 @@ def python39() -> str | None:
 @pytest.mark.skipif(python39() is None, reason="no Python 3.9 on this machine")
 def test_guest_code_compiles_under_the_oldest_guest_python() -> None:
     # Ruff checks these files against py39 (per-file-target-version); this compiles them.
-    files = [REPO / "lab" / "guest" / "fentry_lab_guest.py", REPO / "lab" / "guest" / "kallsyms.py",
-             REPO / "lab" / "elf.py"]
+    files = [*sorted((REPO / "lab" / "guest").glob("*.py")), REPO / "lab" / "elf.py"]
     code = "import sys\nfor f in sys.argv[1:]:\n    compile(open(f).read(), f, 'exec')\n"
     proc = subprocess.run([str(python39()), "-c", code, *map(str, files)],
                           capture_output=True, text=True, timeout=60, check=False)

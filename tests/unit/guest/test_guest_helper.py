@@ -1,7 +1,7 @@
 """Tests of the guest helper's pure parts, run on the host (no VM).
 
 The helper is imported the way it runs in the guest: from a directory holding
-fentry_lab_guest.py, kallsyms.py and elf.py side by side (the layout pack_sources uploads).
+the modules of lab/guest/ and elf.py side by side (the layout pack_sources uploads).
 """
 
 from __future__ import annotations
@@ -33,17 +33,20 @@ needs_objdump = pytest.mark.skipif(shutil.which("objdump") is None,
 
 def guest_layout(directory: Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
-    shutil.copy(LAB / "guest" / "fentry_lab_guest.py", directory / "fentry_lab_guest.py")
-    shutil.copy(LAB / "guest" / "kallsyms.py", directory / "kallsyms.py")
+    for module in (LAB / "guest").glob("*.py"):
+        shutil.copy(module, directory / module.name)
     shutil.copy(LAB / "elf.py", directory / "elf.py")
     return directory / "fentry_lab_guest.py"
+
+
+GUEST_MODULES = ("elf", "kallsyms", "later", "live")  # the helper imports them by file name
 
 
 @pytest.fixture(scope="module")
 def guest(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModuleType]:
     script = guest_layout(tmp_path_factory.mktemp("guest"))
     saved_path = list(sys.path)
-    saved_buildid = sys.modules.pop("elf", None)
+    saved = {name: sys.modules.pop(name, None) for name in GUEST_MODULES}
     try:
         sys.path.insert(0, str(script.parent))
         spec = importlib.util.spec_from_file_location("fentry_lab_guest", script)
@@ -53,9 +56,15 @@ def guest(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModuleType]:
         yield module
     finally:
         sys.path[:] = saved_path
-        sys.modules.pop("elf", None)
-        if saved_buildid is not None:
-            sys.modules["elf"] = saved_buildid
+        for name, old in saved.items():
+            sys.modules.pop(name, None)
+            if old is not None:
+                sys.modules[name] = old
+
+
+@pytest.fixture(scope="module")
+def live(guest: ModuleType) -> ModuleType:
+    return sys.modules["live"]  # the helper's own copy of lab/guest/live.py
 
 
 # --------------------------------------------------------------------------- versions
@@ -92,9 +101,9 @@ def test_helper_uses_the_uploaded_buildid(guest: ModuleType) -> None:
 
 
 @needs_objdump
-def test_disassemble_padding_and_push(guest: ModuleType) -> None:
+def test_disassemble_padding_and_push(live: ModuleType) -> None:
     code = bytes.fromhex("66 0f 1f 00 0f 1f 44 00 00 41 55")
-    insns = guest.disassemble(code, BASE)
+    insns = live.disassemble(code, BASE)
     assert [i["address"] for i in insns] == [hex(BASE), hex(BASE + 4), hex(BASE + 9)]
     assert [i["bytes"] for i in insns] == ["66 0f 1f 00", "0f 1f 44 00 00", "41 55"]
     mnemonics = [str(i["text"]).split()[0] for i in insns]
@@ -103,8 +112,8 @@ def test_disassemble_padding_and_push(guest: ModuleType) -> None:
 
 
 @needs_objdump
-def test_disassemble_call(guest: ModuleType) -> None:
-    insns = guest.disassemble(bytes.fromhex("e8 10 00 00 00"), BASE)
+def test_disassemble_call(live: ModuleType) -> None:
+    insns = live.disassemble(bytes.fromhex("e8 10 00 00 00"), BASE)
     assert len(insns) == 1
     (call,) = insns
     assert call["bytes"] == "e8 10 00 00 00"
@@ -113,18 +122,18 @@ def test_disassemble_call(guest: ModuleType) -> None:
 
 
 @needs_objdump
-def test_disassemble_long_instruction_spans_lines(guest: ModuleType) -> None:
+def test_disassemble_long_instruction_spans_lines(live: ModuleType) -> None:
     # movabs with a 64-bit immediate: objdump prints its last bytes on a second line.
     code = bytes.fromhex("48 b8 11 22 33 44 55 66 77 88 c3")
-    insns = guest.disassemble(code, BASE)
+    insns = live.disassemble(code, BASE)
     assert [str(i["text"]).split()[0] for i in insns] == ["movabs", "ret"]
     assert insns[0]["bytes"] == "48 b8 11 22 33 44 55 66 77 88"
     assert insns[1]["address"] == hex(BASE + 10)
 
 
 @needs_objdump
-def test_disassemble_at_address_zero(guest: ModuleType) -> None:
-    insns = guest.disassemble(bytes.fromhex("90 c3"), 0)
+def test_disassemble_at_address_zero(live: ModuleType) -> None:
+    insns = live.disassemble(bytes.fromhex("90 c3"), 0)
     assert [(i["address"], i["text"]) for i in insns] == [("0x0", "nop"), ("0x1", "ret")]
 
 

@@ -23,13 +23,17 @@ def names(tarball: bytes) -> list[str]:
         return tar.getnames()
 
 
+# The guest helper's modules, and the ELF reader it shares with the host.
+GUEST = ["guest/elf.py", "guest/fentry_lab_guest.py", "guest/kallsyms.py", "guest/later.py",
+         "guest/live.py"]
+
+
 def test_only_the_probes_files_are_uploaded() -> None:
     basic = load_scenario(REPO / "scenarios" / "acl-basic.yaml")
     assert names(pack_sources(REPO / "bpf", basic.probes)) == [
         "bpf/Makefile", "bpf/acl/acl_event.h", "bpf/acl/fentry.bpf.c", "bpf/acl/fentry.c",
         "bpf/acl/fexit.bpf.c", "bpf/acl/fexit.c", "bpf/loader/lab-loader.c",
-        "guest/elf.py", "guest/fentry_lab_guest.py",
-        "guest/kallsyms.py"]
+        *GUEST]
 
 
 def test_headers_included_from_another_directory_come_along() -> None:
@@ -44,14 +48,12 @@ def test_headers_included_from_another_directory_come_along() -> None:
 def test_bcc_probe_needs_no_loader() -> None:
     bcc = load_scenario(REPO / "scenarios" / "acl-bcc.yaml")
     assert names(pack_sources(REPO / "bpf", bcc.probes)) == [
-        "bpf/Makefile", "bpf/bcc/acl_bcc.py", "guest/elf.py", "guest/fentry_lab_guest.py",
-        "guest/kallsyms.py"]
+        "bpf/Makefile", "bpf/bcc/acl_bcc.py", *GUEST]
 
 
 def test_the_matrix_uploads_just_the_guest_helper() -> None:
     assert names(pack_sources(REPO / "bpf")) == [
-        "bpf/Makefile", "guest/elf.py", "guest/fentry_lab_guest.py",
-        "guest/kallsyms.py"]
+        "bpf/Makefile", *GUEST]
 
 
 @pytest.fixture

@@ -25,10 +25,15 @@ ffffffffc030124c t bpf_prog_2db8534f0e96db99_handle_do_set_acl\t[bpf]
 """
 
 
+GUEST_MODULES = ("elf", "kallsyms", "later", "live")
+
+
 @pytest.fixture
 def guest(tmp_path: Path) -> Iterator[ModuleType]:
+    """The helper as the guest runs it; its modules import each other by their file names."""
     script = guest_layout(tmp_path / "guest")
-    saved_path, saved_elf = list(sys.path), sys.modules.pop("elf", None)
+    saved_path = list(sys.path)
+    saved = {name: sys.modules.pop(name, None) for name in GUEST_MODULES}
     try:
         sys.path.insert(0, str(script.parent))
         spec = importlib.util.spec_from_file_location("fentry_lab_guest_report", script)
@@ -38,9 +43,15 @@ def guest(tmp_path: Path) -> Iterator[ModuleType]:
         yield module
     finally:
         sys.path[:] = saved_path
-        sys.modules.pop("elf", None)
-        if saved_elf is not None:
-            sys.modules["elf"] = saved_elf
+        for name, old in saved.items():
+            sys.modules.pop(name, None)
+            if old is not None:
+                sys.modules[name] = old
+
+
+@pytest.fixture
+def live(guest: ModuleType) -> ModuleType:
+    return sys.modules["live"]  # the helper's own copy of lab/guest/live.py
 
 
 def test_function_end_is_the_next_symbol_above() -> None:
@@ -48,17 +59,17 @@ def test_function_end_is_the_next_symbol_above() -> None:
     assert kallsyms.return_thunk(KSYMS) == 0xFFFFFFFF81A00000
 
 
-def test_trampoline_targets_are_named(guest: ModuleType) -> None:
-    names = guest._name_targets([0xFFFFFFFF810C45E0, 0xFFFFFFFFC030124C, 0xFFFFFFFF814D3A29],
+def test_trampoline_targets_are_named(live: ModuleType) -> None:
+    names = live._name_targets([0xFFFFFFFF810C45E0, 0xFFFFFFFFC030124C, 0xFFFFFFFF814D3A29],
                                 {"do_set_acl": 0xFFFFFFFF814D3A20}, KSYMS)
     assert names == {0xFFFFFFFF810C45E0: "__bpf_prog_enter_recur",
                      0xFFFFFFFFC030124C: "bpf_prog_2db8534f0e96db99_handle_do_set_acl",
                      0xFFFFFFFF814D3A29: "do_set_acl+0x9"}
 
 
-def test_call_targets_decode_rel32(guest: ModuleType) -> None:
+def test_call_targets_decode_rel32(live: ModuleType) -> None:
     insns = [{"address": "0xffffffffc0302a0c", "bytes": "e8 18 10 fd f0", "text": "call x"}]
-    assert guest._call_targets(insns) == {0xFFFFFFFFC0302A0C: 0xFFFFFFFFB12D3A29}
+    assert live._call_targets(insns) == {0xFFFFFFFFC0302A0C: 0xFFFFFFFFB12D3A29}
 
 
 def test_symbol_lookups_match_whole_lines_only() -> None:
@@ -84,11 +95,11 @@ BODY = ENTRY + bytes.fromhex("89 fb e9") + (0xFFFFFFFF81A00000 - (DO_SET_ACL + 0
     4, "little", signed=True) + bytes(0xB0 - 0x17)
 
 
-def _fake_kcore(guest: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
+def _fake_kcore(live: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
     def read_kcore(address: int, size: int) -> bytes:
         assert address == DO_SET_ACL
         return BODY[:size]
-    monkeypatch.setattr(guest, "read_kcore", read_kcore)
+    monkeypatch.setattr(live, "read_kcore", read_kcore)
 
 
 class CountingSymbols:
@@ -104,11 +115,11 @@ class CountingSymbols:
 
 
 @needs_objdump
-def test_a_first_peek_finds_what_later_peeks_are_told(guest: ModuleType,
+def test_a_first_peek_finds_what_later_peeks_are_told(live: ModuleType,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    _fake_kcore(guest, monkeypatch)
+    _fake_kcore(live, monkeypatch)
     symbols = CountingSymbols(KSYMS)
-    first = guest.peek(["do_set_acl"], symbols)["do_set_acl"]
+    first = live.peek(["do_set_acl"], symbols)["do_set_acl"]
     assert symbols.reads > 0
     assert first["end"] == hex(0xFFFFFFFF814D3AD0) and first["thunk"] == hex(0xFFFFFFFF81A00000)
     assert [r["offset"] for r in first["returns"]] == ["0x12"]  # jmp __x86_return_thunk
@@ -118,22 +129,22 @@ def test_a_first_peek_finds_what_later_peeks_are_told(guest: ModuleType,
 
     # After detaching: nothing calls out of the entry, so kallsyms is never read.
     later = CountingSymbols(KSYMS)
-    again = guest.peek(["do_set_acl"], later, known)["do_set_acl"]
+    again = live.peek(["do_set_acl"], later, known)["do_set_acl"]
     assert later.reads == 0
     assert again == first
 
 
 @needs_objdump
 def test_a_patched_entry_is_named_from_kallsyms_even_when_known(
-        guest: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
+        live: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
     call = bytes.fromhex("e8") + (0xFFFFFFFF810C45E0 - (DO_SET_ACL + 9)).to_bytes(
         4, "little", signed=True)
     patched = ENTRY[:4] + call + ENTRY[9:]
-    monkeypatch.setattr(guest, "read_kcore", lambda address, size: (patched + BODY[16:])[:size])
+    monkeypatch.setattr(live, "read_kcore", lambda address, size: (patched + BODY[16:])[:size])
     known = {"do_set_acl": {"address": hex(DO_SET_ACL), "end": hex(0xFFFFFFFF814D3AD0),
                             "thunk": None}}
     symbols = CountingSymbols(KSYMS)
-    entry = guest.peek(["do_set_acl"], symbols, known)["do_set_acl"]
+    entry = live.peek(["do_set_acl"], symbols, known)["do_set_acl"]
     assert symbols.reads > 0
     assert entry["call_target"]["symbol"] == "__bpf_prog_enter_recur"
     assert entry["thunk"] is None and entry["returns"] == []  # no thunk known: no `jmp` return
