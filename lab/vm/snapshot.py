@@ -117,18 +117,6 @@ def _cmd(socket_path: Path, name: str, timeout: float = 10.0,
     return qmp_command(socket_path, name, timeout, **args)
 
 
-# Run in the guest before the save, so that every lab restored from the snapshot finds in
-# its page cache what each scenario run reads: Python with the guest helper's imports,
-# objdump, the shell tools of the upload, the loader's libraries, the ACL tools of the
-# shipped scenarios. Each is a few MB of saved memory; read cold from the emulated disk,
-# the first run after a restore took 0.6 s longer.
-WARM_UP = ("(python3 -S -c 'import json, os, re, struct, subprocess, sys, threading, pathlib'"
-           "; for tool in objdump tar dd timeout getfacl setfacl; do $tool --version; done"
-           "; runuser --help; ldconfig -p | awk '/lib(bpf|elf|z)[.]so/ {print $NF}'"
-           " | xargs -r cat"
-           ") >/dev/null 2>&1")
-
-
 def save(lab: LabVm, image: Image, accel: Accel, target: SshTarget) -> None:
     """Save the freshly booted lab as its key's snapshot, unless one exists already.
 
@@ -150,8 +138,7 @@ def save(lab: LabVm, image: Image, accel: Accel, target: SshTarget) -> None:
     started = time.monotonic()
     try:
         with Session(target) as ssh:  # what the restored labs will have to replace
-            boot_id = ssh.run(f"{WARM_UP}; sync; cat /proc/sys/kernel/random/boot_id",
-                              timeout=60).out.strip()
+            boot_id = ssh.run("sync; cat /proc/sys/kernel/random/boot_id", timeout=30).out.strip()
         _migrate_to(lab, temp)
         manifest = {
             "format": FORMAT, "key": asdict(key), "boot_id": boot_id,

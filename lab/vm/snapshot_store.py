@@ -26,7 +26,7 @@ from lab.image.build import Image
 from lab.ssh import SshTarget
 from lab.vm.accel import Accel
 
-FORMAT = 2  # 2: the guest's page cache is warmed before the save (snapshot.WARM_UP)
+FORMAT = 1
 QEMU = "qemu-system-x86_64"
 STATE = "state.zst"
 DISK = "disk.qcow2"
