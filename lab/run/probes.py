@@ -111,7 +111,15 @@ def pack_sources(bpf_dirs: Path | Sequence[Path], probes: Sequence[Probe] = ()) 
 
 
 def build_key(tarball: bytes, kernel_release: str, image_digest: str) -> str:
-    h = hashlib.sha256(tarball)
+    """What a build depends on: the probes' files (not the guest helper, which travels in
+    the same tarball: changing it must not rebuild every probe), the kernel, the image."""
+    h = hashlib.sha256()
+    with tarfile.open(fileobj=io.BytesIO(tarball)) as tar:
+        for member in tar:
+            data = tar.extractfile(member) if member.name.startswith("bpf/") else None
+            if data is not None:
+                h.update(f"{member.name}\0{member.mode:o}\0{member.size}\0".encode())
+                h.update(data.read())
     h.update(kernel_release.encode())
     h.update(image_digest.encode())
     return h.hexdigest()[:16]

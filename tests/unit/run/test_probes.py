@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from lab.errors import ScenarioError
-from lab.run.probes import pack_sources, prune_builds
+from lab.run.probes import build_key, pack_sources, prune_builds
 from lab.scenario.load import load_scenario
 from tests.helpers import REPO
 
@@ -111,3 +111,26 @@ def test_prune_builds_removes_only_what_no_run_used_lately(tmp_path: Path) -> No
         "btf/aaa", "builds/aaa.tar", "builds/bench-bbb.tar"]
     assert (tmp_path / "builds" / "ccc.tar").exists() and (tmp_path / "btf" / "ccc").exists()
     assert prune_builds(tmp_path / "nowhere") == []
+
+
+def test_the_build_key_follows_the_probes_not_the_guest_helper() -> None:
+    basic = load_scenario(REPO / "scenarios" / "acl-basic.yaml").probes
+
+    def tarball(helper: bytes, probe: bytes = b"") -> bytes:
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=io.BytesIO(pack_sources(REPO / "bpf", basic))) as src, \
+                tarfile.open(fileobj=buf, mode="w") as out:
+            for member in src:
+                data = src.extractfile(member)
+                assert data is not None
+                body = data.read() + (helper if member.name.startswith("guest/") else
+                                      probe if member.name == "bpf/acl/fentry.bpf.c" else b"")
+                member.size = len(body)
+                out.addfile(member, io.BytesIO(body))
+        return buf.getvalue()
+
+    key = build_key(tarball(b""), "6.12.1", "digest")
+    assert build_key(tarball(b"# a helper change\n"), "6.12.1", "digest") == key
+    assert build_key(tarball(b"", b"// a probe change\n"), "6.12.1", "digest") != key
+    assert build_key(tarball(b""), "6.12.2", "digest") != key
+    assert build_key(tarball(b""), "6.12.1", "other") != key
