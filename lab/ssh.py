@@ -278,14 +278,9 @@ def read_line(channel: paramiko.Channel, buffer: bytearray, errors: bytearray,
             line = bytes(buffer[:end])
             del buffer[:end + 1]
             return line
-        drained = False
-        while channel.recv_ready():
-            buffer += channel.recv(65536)
-            drained = True
-        while channel.recv_stderr_ready():
-            errors += channel.recv_stderr(65536)
-            drained = True
-        if drained:
+        had = len(buffer) + len(errors)
+        drain(channel, buffer, errors)
+        if len(buffer) + len(errors) > had:
             alive.heard()
             continue
         if channel.exit_status_ready() or channel.eof_received or channel.closed:

@@ -87,7 +87,7 @@ def peek(functions: list[str], symbols: Symbols,
     result: dict[str, object] = {}
     calls: dict[str, int] = {}
     # The returns are read beside the entries.
-    returns = {fn: Later(_guarded, _returns_of, fn, addr, hints.get(fn), symbols)
+    returns = {fn: Later(_guarded, _returns_of, addr, hints.get(fn), symbols)
                for fn, addr in addresses.items()}
     for fn in functions:
         if fn not in addresses:
@@ -99,11 +99,9 @@ def peek(functions: list[str], symbols: Symbols,
         result[fn] = {"address": f"{addr:#x}", "bytes": code.hex(" "),
                       "instructions": insns}
         # A 5-byte call or jmp (e8/e9 rel32; 7.x kernels patch a jmp): name its target.
-        for insn in insns:
-            raw = bytes.fromhex(str(insn["bytes"]).replace(" ", ""))
-            if len(raw) == 5 and raw[0] in (0xE8, 0xE9):
-                at = int(str(insn["address"]), 16)
-                calls[fn] = at + 5 + struct.unpack("<i", raw[1:])[0]
+        targets = _call_targets(insns)
+        if targets:
+            calls[fn] = list(targets.values())[-1]
     if calls:
         names = symbolize(list(calls.values()), symbols.text)
         for fn, target in calls.items():
@@ -126,7 +124,7 @@ def peek(functions: list[str], symbols: Symbols,
     return result
 
 
-def _returns_of(fn: str, address: int, hint: dict[str, Any] | None,
+def _returns_of(address: int, hint: dict[str, Any] | None,
                 symbols: Symbols) -> tuple[list[dict[str, object]], int, int | None]:
     """(return instructions, function end, return thunk), the last two from the hint."""
     if hint is not None:

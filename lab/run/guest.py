@@ -133,13 +133,12 @@ class GuestHelper:
             self.close()
             raise LabFailure(f"The lab's guest helper answered {command} with something that "
                              f"is not JSON ({exc}): {line[:300]!r}") from None
-        if not isinstance(value, dict) or not isinstance(value.get("reply", {}), dict):
-            raise LabFailure(f"The lab's guest helper answered {command} with {value!r:.300}.")
-        if "error" in value:
+        if isinstance(value, dict) and "error" in value:
             self._fail(command, str(value["error"]))
-        if "reply" not in value:
+        reply = value.get("reply") if isinstance(value, dict) else None
+        if not isinstance(reply, dict):
             raise LabFailure(f"The lab's guest helper answered {command} with {value!r:.300}.")
-        return dict(value["reply"])
+        return reply
 
     def _exchange(self, command: str, request: Mapping[str, object], timeout: float) -> bytes:
         deadline = time.monotonic() + timeout
